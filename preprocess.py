@@ -1,0 +1,270 @@
+"""Preprocess BraTS cases into a cache the training loader reads fast.
+
+    python preprocess.py MICCAI_BraTS2020_TrainingData cache/brats2020 --jobs 2
+
+Per case (SPEC.md section 1): crop to 192x160x108 (centred on the volume, or on the brain's
+bounding box with --crop brain), z-score each modality over its brain (non-zero) voxels with the
+background left at 0, and turn the labels into the nested regions WT, TC, ET.
+
+The cache holds one folder per case with uncompressed .npy files (memory-mappable):
+`<modality>.npy` float32 (H, W, D), `regions.npy` uint8 (H, W, D, 3) when the case has labels, and
+`meta.json` (id, source files, original shape, affine, crop offsets, normalisation, tumour voxels
+lost outside the crop). A case is written under a temporary name and renamed when complete, so an
+interrupted run leaves no half-written case; cases already cached are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+from brats import MODALITIES, Case, CaseError, CaseFiles, find_cases, load_case
+
+REGIONS = ("WT", "TC", "ET")
+REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
+CACHE_SETTINGS = "cache.json"
+
+
+# ---- geometry ---------------------------------------------------------------------------------
+
+def crop_offsets(shape: tuple, size: tuple, mode: str = "center",
+                 brain: np.ndarray | None = None) -> tuple:
+    """Start index of the crop box per axis (negative where the box is larger than the volume).
+
+    center: (shape - size) // 2, so 240x240x155 -> 192x160x108 starts at (24, 40, 23). brain: the box centred on the bounding box of `brain` (a boolean
+    mask), moved inside the volume where it would leave it.
+    """
+    if mode == "center" or brain is None or not brain.any():
+        return tuple(int((n - s) // 2) for n, s in zip(shape, size))
+    if mode != "brain":
+        raise ValueError(f"unknown crop mode {mode!r}")
+    offsets = []
+    for axis, (n, s) in enumerate(zip(shape, size)):
+        other = tuple(a for a in range(brain.ndim) if a != axis)
+        present = np.flatnonzero(brain.any(axis=other))
+        centre = (present[0] + present[-1] + 1) / 2
+        start = int(round(centre - s / 2))
+        offsets.append(int((n - s) // 2) if s >= n else min(max(start, 0), n - s))
+    return tuple(offsets)
+
+
+def _box(offsets: tuple, size: tuple, shape: tuple) -> tuple:
+    """(slices into the volume, slices into the crop) of the overlap of box and volume."""
+    source = tuple(slice(max(o, 0), min(o + s, n)) for o, s, n in zip(offsets, size, shape))
+    target = tuple(slice(sl.start - o, sl.stop - o) for sl, o in zip(source, offsets))
+    return source, target
+
+
+def crop(volume: np.ndarray, offsets: tuple, size: tuple) -> np.ndarray:
+    """volume[(X, Y, Z, ...)] -> (size..., ...), zero-padded where the box leaves the volume."""
+    source, target = _box(offsets, size, volume.shape[:3])
+    if all(sl.stop - sl.start == s for sl, s in zip(source, size)):
+        return volume[source]
+    out = np.zeros(tuple(size) + volume.shape[3:], volume.dtype)
+    out[target] = volume[source]
+    return out
+
+
+def uncrop(cropped: np.ndarray, offsets: tuple, shape: tuple) -> np.ndarray:
+    """Inverse of crop: put (size..., ...) back into a zero volume of `shape` (X, Y, Z)."""
+    size = cropped.shape[:3]
+    source, target = _box(offsets, size, shape)
+    out = np.zeros(tuple(shape) + cropped.shape[3:], cropped.dtype)
+    out[source] = cropped[target]
+    return out
+
+
+# ---- intensities and labels -------------------------------------------------------------------
+
+def brain_stats(image: np.ndarray, what: str) -> tuple:
+    """(mean, std) over the non-zero voxels of an image (Myronenko 2018, SPEC section 1)."""
+    brain = image[image != 0]
+    std = float(brain.std()) if brain.size else 0.0
+    if brain.size < 2 or std == 0:
+        raise CaseError(f"{what}: image is constant over the brain, cannot normalise")
+    return float(brain.mean()), std
+
+
+def normalise(image: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """float32 z-scores on the brain (non-zero voxels), 0 on the background."""
+    return np.where(image != 0, (image - np.float32(mean)) / np.float32(std), 0).astype(np.float32)
+
+
+def label_regions(seg: np.ndarray) -> np.ndarray:
+    """BraTS labels (X, Y, Z) -> nested regions uint8 (X, Y, Z, 3) in the order WT, TC, ET."""
+    return np.stack([np.isin(seg, REGION_LABELS[r]) for r in REGIONS], axis=-1).astype(np.uint8)
+
+
+# ---- one case ---------------------------------------------------------------------------------
+
+def preprocess_case(case: Case, size: tuple, mode: str = "center") -> tuple:
+    """(arrays, meta): cropped z-scored images, regions when labelled, and what undoes the crop."""
+    brain = np.zeros(case.shape, bool)
+    for image in case.images.values():
+        brain |= image != 0
+    offsets = crop_offsets(case.shape, size, mode, brain)
+    arrays, stats = {}, {}
+    for modality in MODALITIES:
+        image = case.images[modality]
+        stats[modality] = brain_stats(image, f"{case.id}: {modality}")
+        arrays[modality] = normalise(crop(image, offsets, size), *stats[modality])
+    meta = {
+        "id": case.id,
+        "layout": case.layout,
+        "source_files": {m: str(p) for m, p in case.files.images.items()} if case.files else {},
+        "seg_file": str(case.files.seg) if case.files and case.files.seg else None,
+        "original_shape": list(case.shape),
+        "affine": np.asarray(case.affine).tolist(),
+        "crop_size": list(size),
+        "crop_mode": mode,
+        "crop_offsets": list(offsets),
+        "normalisation": {m: {"mean": s[0], "std": s[1]} for m, s in stats.items()},
+        "has_labels": case.seg is not None,
+    }
+    if case.seg is not None:
+        seg_crop = crop(case.seg, offsets, size)
+        arrays["regions"] = label_regions(seg_crop)
+        total, kept = int((case.seg > 0).sum()), int((seg_crop > 0).sum())
+        meta.update(wt_voxels=total, wt_voxels_lost=total - kept,
+                    label_counts={str(v): int((case.seg == v).sum()) for v in (1, 2, 4)})
+    return arrays, meta
+
+
+def write_entry(cache: Path, arrays: dict, meta: dict) -> Path:
+    """Write one case folder atomically: into a temporary folder, then rename."""
+    final = cache / meta["id"]
+    temporary = cache / f".{meta['id']}.tmp-{os.getpid()}"
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    try:
+        for name, array in arrays.items():
+            np.save(temporary / f"{name}.npy", np.ascontiguousarray(array))
+        (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
+        os.replace(temporary, final)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    return final
+
+
+def is_cached(cache: Path, case_id: str) -> bool:
+    return (cache / case_id / "meta.json").is_file()
+
+
+@dataclass
+class Result:
+    id: str
+    status: str  # "written", "skipped" or "failed"
+    message: str = ""
+    wt_lost_share: float | None = None
+
+
+def process_case(files: CaseFiles, cache: Path, size: tuple, mode: str) -> Result:
+    """Preprocess and cache one case; never raises, the Result says what happened."""
+    try:
+        arrays, meta = preprocess_case(load_case(files), size, mode)
+        write_entry(cache, arrays, meta)
+    except CaseError as error:
+        return Result(files.id, "failed", str(error))
+    except Exception as error:  # a bug or a disk problem: report it, keep the other cases going
+        return Result(files.id, "failed", f"{files.id}: unexpected {type(error).__name__}: {error}")
+    lost = meta["wt_voxels_lost"] / meta["wt_voxels"] if meta.get("wt_voxels") else None
+    return Result(files.id, "written", wt_lost_share=lost)
+
+
+def _process(job: tuple) -> Result:
+    return process_case(*job)
+
+
+def check_cache_settings(cache: Path, size: tuple, mode: str) -> None:
+    """A cache holds one crop only: refuse to mix crop sizes or modes in one folder."""
+    settings_file = cache / CACHE_SETTINGS
+    wanted = {"crop_size": list(size), "crop_mode": mode}
+    if settings_file.is_file():
+        found = json.loads(settings_file.read_text())
+        if found != wanted:
+            raise SystemExit(f"error: {cache} was made with crop {found}; this run asks for "
+                             f"{wanted}: use another output folder")
+    else:
+        cache.mkdir(parents=True, exist_ok=True)
+        settings_file.write_text(json.dumps(wanted))
+
+
+def report(results: list) -> str:
+    """The closing report: cases written, skipped and failed, WT share lost outside the crop."""
+    by_status = {s: [r for r in results if r.status == s] for s in ("written", "skipped", "failed")}
+    lines = [f"{len(by_status['written'])} cases written, {len(by_status['skipped'])} skipped "
+             f"(already in the cache), {len(by_status['failed'])} failed"]
+    lines += [f"  failed: {r.message}" for r in by_status["failed"]]
+    shares = [r.wt_lost_share for r in by_status["written"] if r.wt_lost_share is not None]
+    if shares:
+        worst = max(by_status["written"], key=lambda r: r.wt_lost_share or 0)
+        lines.append(f"WT voxels outside the crop: mean {100 * np.mean(shares):.2f}%, "
+                     f"worst {100 * max(shares):.2f}% ({worst.id})")
+    return "\n".join(lines)
+
+
+def parse_size(text: str) -> tuple:
+    try:
+        size = tuple(int(v) for v in text.lower().split("x"))
+    except ValueError:
+        size = ()
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxWxD such as 192x160x108, got {text!r}")
+    return size
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("input", type=Path, help="folder of BraTS cases (any layout)")
+    parser.add_argument("output", type=Path, help="cache folder to write")
+    parser.add_argument("--config", type=Path, help="take crop size and mode from this config")
+    parser.add_argument("--crop-size", type=parse_size, help="HxWxD (default 192x160x108)")
+    parser.add_argument("--crop", choices=("center", "brain"), help="crop placement (default center)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    args = parser.parse_args(argv)
+
+    from config import ConfigError, DataConfig, load_config
+    try:
+        data = load_config(args.config).data if args.config else DataConfig()
+    except ConfigError as error:
+        parser.exit(2, f"error: {error}\n")
+    size = args.crop_size or tuple(data.crop_size)
+    mode = args.crop or data.crop_mode
+    try:
+        cases = find_cases(args.input)
+    except CaseError as error:
+        parser.exit(2, f"error: {error}\n")
+    if not cases:
+        parser.exit(2, f"error: {args.input}: no BraTS cases found (see SPEC layouts in README)\n")
+    check_cache_settings(args.output, size, mode)
+
+    from tqdm import tqdm
+    results = [Result(c.id, "skipped") for c in cases if is_cached(args.output, c.id)]
+    todo = [(c, args.output, size, mode) for c in cases if not is_cached(args.output, c.id)]
+    print(f"{len(cases)} cases in {args.input}; {len(todo)} to preprocess into {args.output} "
+          f"(crop {'x'.join(map(str, size))}, {mode})")
+    pool = Pool(args.jobs) if args.jobs > 1 and len(todo) > 1 else None
+    run = pool.imap_unordered(_process, todo) if pool else map(_process, todo)
+    with tqdm(total=len(todo), desc="preprocess", unit="case") as bar:
+        for result in run:
+            if result.status == "failed":
+                bar.write(f"error: {result.message}", file=sys.stderr)
+            results.append(result)
+            bar.update()
+    if pool:
+        pool.close()
+    print(report(results))
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
