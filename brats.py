@@ -10,8 +10,10 @@ wrong regions. Problems with a case raise `CaseError`, a one-line message naming
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,19 +73,28 @@ class CaseFiles:
 
 @dataclass
 class Case:
-    """One case loaded on its original grid (BraTS: 240x240x155)."""
+    """One case loaded on its original grid (BraTS: 240x240x155).
+
+    `stored` keeps each image as the file holds it (often int16), so that preprocessing converts
+    only the cropped part; `images` gives the float32 arrays (X, Y, Z), converted on first use.
+    """
 
     id: str
     layout: str
-    images: dict  # modality -> float32 array (X, Y, Z)
+    stored: dict  # modality -> array as stored in the file (X, Y, Z)
     seg: np.ndarray | None  # uint8 (X, Y, Z) in BraTS 2020 coding, or None
     affine: np.ndarray
     header: nib.Nifti1Header
     files: CaseFiles = field(repr=False, default=None)
 
+    @functools.cached_property
+    def images(self) -> dict:
+        """modality -> float32 array (X, Y, Z)."""
+        return {m: np.asarray(a, dtype=np.float32) for m, a in self.stored.items()}
+
     @property
     def shape(self) -> tuple:
-        return next(iter(self.images.values())).shape
+        return next(iter(self.stored.values())).shape
 
 
 def strip_nii(name: str) -> str:
@@ -181,8 +192,14 @@ def _check_finite(case_id: str, name: str, data: np.ndarray) -> None:
         raise CaseError(f"{case_id}: {name} has {bad} NaN/inf voxels")
 
 
+def in_threads(function, items: list) -> list:
+    """map() over a few threads: zlib and numpy release the GIL, so file reads overlap."""
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1, 4) or 1) as pool:
+        return list(pool.map(function, items))
+
+
 def _load_images(files: CaseFiles) -> tuple:
-    """(images dict, reference NIfTI) for a case; checks presence, shape, affine, NaN, all-zero."""
+    """(images as stored, reference NIfTI) of a case; checks presence, shape, affine, NaN, zeros."""
     missing = [m for m in MODALITIES if files.images.get(m) is None]
     if missing:
         raise CaseError(f"{files.id}: missing modality {', '.join(missing)}")
@@ -192,11 +209,11 @@ def _load_images(files: CaseFiles) -> tuple:
         if data.ndim != 4 or data.shape[3] != len(MSD_CHANNELS):
             raise CaseError(f"{files.id}: {files.images['flair'].name} has shape {data.shape}, "
                             f"expected a 4D image with {len(MSD_CHANNELS)} channels")
-        images = {m: np.asarray(data[..., i], dtype=np.float32) for i, m in enumerate(MSD_CHANNELS)}
+        images = {m: data[..., i] for i, m in enumerate(MSD_CHANNELS)}
     else:
-        for modality in MODALITIES:
-            path = files.images[modality]
-            img, data = read_nifti(path, files.id)
+        paths = [files.images[m] for m in MODALITIES]
+        loaded = in_threads(lambda path: read_nifti(path, files.id), paths)
+        for modality, path, (img, data) in zip(MODALITIES, paths, loaded):
             if data.ndim != 3:
                 raise CaseError(f"{files.id}: {path.name} is {data.ndim}D, expected 3D")
             if reference is None:
@@ -207,7 +224,7 @@ def _load_images(files: CaseFiles) -> tuple:
             elif not np.allclose(img.affine, reference.affine, atol=1e-3):
                 raise CaseError(f"{files.id}: {path.name} has a different affine from "
                                 f"{files.images[MODALITIES[0]].name}")
-            images[modality] = np.asarray(data, dtype=np.float32)
+            images[modality] = data
     for modality, data in images.items():
         _check_finite(files.id, modality, data)
         if not data.any():
@@ -218,16 +235,18 @@ def _load_images(files: CaseFiles) -> tuple:
 def convert_labels(stored: np.ndarray, layout: str, what: str) -> np.ndarray:
     """Labels of a layout's coding -> BraTS 2020 coding (uint8); unknown values are an error."""
     label_map = LAYOUTS[layout].label_map
-    values = np.unique(stored)
-    unknown = [v for v in values.tolist() if v not in label_map]
-    if unknown:
-        shown = ", ".join(f"{v:g}" for v in unknown[:5])
-        raise CaseError(f"{what}: label values {shown} are not in the {layout} set "
-                        f"{sorted(label_map)}")
-    lookup = np.zeros(int(max(label_map)) + 1, dtype=np.uint8)
+    unknown_mark = 255
+    lookup = np.full(256, unknown_mark, dtype=np.uint8)
     for source, target in label_map.items():
         lookup[source] = target
-    return lookup[stored.astype(np.intp)]
+    low, high = stored.min(), stored.max()
+    if low >= 0 and high < len(lookup):
+        converted = lookup[stored.astype(np.uint8, copy=False)]
+        if not (converted == unknown_mark).any():
+            return converted
+    unknown = [v for v in np.unique(stored).tolist() if v not in label_map]
+    shown = ", ".join(f"{v:g}" for v in unknown[:5])
+    raise CaseError(f"{what}: label values {shown} are not in the {layout} set {sorted(label_map)}")
 
 
 def read_labels(path: Path, layout: str, what: str) -> tuple:
@@ -246,7 +265,7 @@ def load_case(files: CaseFiles) -> Case:
     seg = None
     if files.seg is not None:
         seg, seg_img = read_labels(files.seg, files.layout, files.id)
-        shape = next(iter(images.values())).shape
+        shape = reference.shape[:3]
         if seg.shape != shape:
             raise CaseError(f"{files.id}: {files.seg.name} has shape {seg.shape}, images have {shape}")
         if not np.allclose(seg_img.affine, reference.affine, atol=1e-3):

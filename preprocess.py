@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brats import MODALITIES, Case, CaseError, CaseFiles, find_cases, load_case
+from brats import MODALITIES, Case, CaseError, CaseFiles, find_cases, in_threads, load_case
 
 REGIONS = ("WT", "TC", "ET")
 REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -84,37 +84,61 @@ def uncrop(cropped: np.ndarray, offsets: tuple, shape: tuple) -> np.ndarray:
 # ---- intensities and labels -------------------------------------------------------------------
 
 def brain_stats(image: np.ndarray, what: str) -> tuple:
-    """(mean, std) over the non-zero voxels of an image (Myronenko 2018, SPEC section 1)."""
-    brain = image[image != 0]
-    std = float(brain.std()) if brain.size else 0.0
-    if brain.size < 2 or std == 0:
+    """(mean, std) over the non-zero voxels of an image (Myronenko 2018, SPEC section 1).
+
+    Zeros add nothing to the sums, so one pass of count, sum and sum of squares (in 64 bits) gives
+    both without copying the brain voxels out.
+    """
+    flat = image.ravel(order="K")
+    count = np.count_nonzero(flat)
+    wide = np.int64 if flat.dtype.kind in "iu" else np.float64
+    total = float(flat.sum(dtype=wide))
+    squares = float(np.einsum("i,i->", flat, flat, dtype=wide))
+    mean = total / max(count, 1)
+    variance = squares / max(count, 1) - mean * mean
+    if count < 2 or variance <= 1e-12 * max(mean * mean, 1.0):
         raise CaseError(f"{what}: image is constant over the brain, cannot normalise")
-    return float(brain.mean()), std
+    return mean, float(np.sqrt(variance))
 
 
 def normalise(image: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """float32 z-scores on the brain (non-zero voxels), 0 on the background."""
-    return np.where(image != 0, (image - np.float32(mean)) / np.float32(std), 0).astype(np.float32)
+    """float32 z-scores on the brain (non-zero voxels), 0 on the background, C-ordered."""
+    image = np.ascontiguousarray(image)
+    out = image.astype(np.float32)
+    out -= np.float32(mean)
+    out *= np.float32(1 / std)
+    out[image == 0] = 0
+    return out
 
 
 def label_regions(seg: np.ndarray) -> np.ndarray:
     """BraTS labels (X, Y, Z) -> nested regions uint8 (X, Y, Z, 3) in the order WT, TC, ET."""
-    return np.stack([np.isin(seg, REGION_LABELS[r]) for r in REGIONS], axis=-1).astype(np.uint8)
+    regions = np.zeros(seg.shape + (len(REGIONS),), np.uint8)
+    for channel, region in enumerate(REGIONS):
+        for label in REGION_LABELS[region]:
+            regions[..., channel] |= seg == label
+    return regions
 
 
 # ---- one case ---------------------------------------------------------------------------------
 
 def preprocess_case(case: Case, size: tuple, mode: str = "center") -> tuple:
     """(arrays, meta): cropped z-scored images, regions when labelled, and what undoes the crop."""
-    brain = np.zeros(case.shape, bool)
-    for image in case.images.values():
-        brain |= image != 0
+    brain = None
+    if mode == "brain":
+        brain = np.zeros(case.shape, bool)
+        for image in case.stored.values():
+            brain |= image != 0
     offsets = crop_offsets(case.shape, size, mode, brain)
-    arrays, stats = {}, {}
-    for modality in MODALITIES:
-        image = case.images[modality]
-        stats[modality] = brain_stats(image, f"{case.id}: {modality}")
-        arrays[modality] = normalise(crop(image, offsets, size), *stats[modality])
+
+    def prepare(modality: str) -> tuple:
+        image = case.stored[modality]
+        stats = brain_stats(image, f"{case.id}: {modality}")
+        return stats, normalise(crop(image, offsets, size), *stats)
+
+    prepared = dict(zip(MODALITIES, in_threads(prepare, list(MODALITIES))))
+    arrays = {m: p[1] for m, p in prepared.items()}
+    stats = {m: p[0] for m, p in prepared.items()}
     meta = {
         "id": case.id,
         "layout": case.layout,
@@ -130,10 +154,10 @@ def preprocess_case(case: Case, size: tuple, mode: str = "center") -> tuple:
     }
     if case.seg is not None:
         seg_crop = crop(case.seg, offsets, size)
-        arrays["regions"] = label_regions(seg_crop)
-        total, kept = int((case.seg > 0).sum()), int((seg_crop > 0).sum())
+        arrays["regions"] = label_regions(np.ascontiguousarray(seg_crop))
+        total, kept = int(np.count_nonzero(case.seg)), int(np.count_nonzero(seg_crop))
         meta.update(wt_voxels=total, wt_voxels_lost=total - kept,
-                    label_counts={str(v): int((case.seg == v).sum()) for v in (1, 2, 4)})
+                    label_counts={str(v): int(np.count_nonzero(case.seg == v)) for v in (1, 2, 4)})
     return arrays, meta
 
 
@@ -144,8 +168,7 @@ def write_entry(cache: Path, arrays: dict, meta: dict) -> Path:
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
     try:
-        for name, array in arrays.items():
-            np.save(temporary / f"{name}.npy", np.ascontiguousarray(array))
+        in_threads(lambda item: np.save(temporary / f"{item[0]}.npy", item[1]), list(arrays.items()))
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
         os.replace(temporary, final)
     finally:
