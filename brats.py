@@ -279,3 +279,38 @@ def load_case(files: CaseFiles) -> Case:
 def case_id_from_filename(name: str) -> str:
     """`BraTS20_Validation_001.nii.gz` -> `BraTS20_Validation_001`; strips a `_seg` tail too."""
     return re.sub(r"[_-]seg$", "", strip_nii(name))
+
+
+def find_label_files(root: str | os.PathLike) -> dict:
+    """case id -> (segmentation path, layout) for every label map under root.
+
+    Recognises case folders of any release (the `_seg` / `-seg` file, or case 355's `*Segm.nii`),
+    MSD `labelsTr/` and `labelsTs/` folders, and flat folders of `<case id>.nii.gz` files in the
+    BraTS 2020 coding (such as predict.py writes).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CaseError(f"{root}: not a folder")
+    found = {}
+    for dirpath, dirnames, _ in os.walk(root):
+        folder = Path(dirpath)
+        dirnames.sort()
+        files = _nii_files(folder)
+        if folder.name in ("labelsTr", "labelsTs"):
+            found.update({stem: (path, "msd") for stem, path in files.items()
+                          if not stem.startswith("._")})
+            continue
+        case_id = folder.name
+        for separator in ("_", "-"):
+            seg = files.get(f"{case_id}{separator}seg")
+            if seg is not None:
+                found[case_id] = (seg, _release(case_id, separator))
+                break
+        else:
+            segm = [p for stem, p in files.items() if stem.endswith("Segm")]
+            if segm and folder != root:
+                found[case_id] = (segm[0], "brats2020")
+            elif folder == root:
+                found.update({case_id_from_filename(p.name): (p, "brats2020")
+                              for p in files.values()})
+    return found

@@ -29,6 +29,7 @@ class DataConfig:
 
     crop_size: tuple = (192, 160, 108)
     crop_mode: str = "center"  # "center" (the paper) or "brain" (centred on the brain's box)
+    downsample: int = 1  # block-average by this factor before cropping (1: full resolution)
     modalities: tuple = MODALITIES
 
 
@@ -122,6 +123,8 @@ def validate(config: Config, where: str = "config") -> Config:
     if height % 32 or width % 32:
         raise ConfigError(f"{where}: data.crop_size {height}x{width} in-plane must be multiples of "
                           f"32 (EfficientNet halves H and W five times)")
+    if not isinstance(data.downsample, int) or data.downsample < 1:
+        raise ConfigError(f"{where}: data.downsample must be a whole number >= 1")
     if data.crop_mode not in ("center", "brain"):
         raise ConfigError(f"{where}: data.crop_mode must be center or brain, got {data.crop_mode!r}")
     unknown = [m for m in data.modalities if m not in MODALITIES]

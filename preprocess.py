@@ -81,6 +81,30 @@ def uncrop(cropped: np.ndarray, offsets: tuple, shape: tuple) -> np.ndarray:
     return out
 
 
+def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """float32 mean over factor^3 blocks of (X, Y, Z, ...), zero-padding X, Y, Z up to a multiple."""
+    pad = [(0, -n % factor) for n in volume.shape[:3]] + [(0, 0)] * (volume.ndim - 3)
+    padded = np.pad(volume.astype(np.float32, copy=False), pad)
+    x, y, z = (n // factor for n in padded.shape[:3])
+    blocks = padded.reshape(x, factor, y, factor, z, factor, *padded.shape[3:])
+    return blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+
+
+def downsampled_shape(shape: tuple, factor: int) -> tuple:
+    return tuple(-(-n // factor) for n in shape[:3])
+
+
+def upsample(volume: np.ndarray, factor: int, shape: tuple) -> np.ndarray:
+    """Inverse of block_mean for probabilities: linear interpolation back to `shape` (X, Y, Z)."""
+    if factor == 1:
+        return volume
+    from scipy import ndimage
+
+    zoom = (factor,) * 3 + (1,) * (volume.ndim - 3)
+    full = ndimage.zoom(volume, zoom, order=1, mode="nearest", grid_mode=True)
+    return full[: shape[0], : shape[1], : shape[2]]
+
+
 # ---- intensities and labels -------------------------------------------------------------------
 
 def brain_stats(image: np.ndarray, what: str) -> tuple:
@@ -122,17 +146,23 @@ def label_regions(seg: np.ndarray) -> np.ndarray:
 
 # ---- one case ---------------------------------------------------------------------------------
 
-def preprocess_case(case: Case, size: tuple, mode: str = "center") -> tuple:
-    """(arrays, meta): cropped z-scored images, regions when labelled, and what undoes the crop."""
+def preprocess_case(case: Case, size: tuple, mode: str = "center", factor: int = 1) -> tuple:
+    """(arrays, meta): cropped z-scored images, regions when labelled, and what undoes the crop.
+
+    With factor > 1 every image (and each region mask) is first block-averaged by that factor;
+    regions are kept where at least half of a block is inside.
+    """
+    stored = case.stored if factor == 1 else {m: block_mean(a, factor) for m, a in case.stored.items()}
+    grid = next(iter(stored.values())).shape
     brain = None
     if mode == "brain":
-        brain = np.zeros(case.shape, bool)
-        for image in case.stored.values():
+        brain = np.zeros(grid, bool)
+        for image in stored.values():
             brain |= image != 0
-    offsets = crop_offsets(case.shape, size, mode, brain)
+    offsets = crop_offsets(grid, size, mode, brain)
 
     def prepare(modality: str) -> tuple:
-        image = case.stored[modality]
+        image = stored[modality]
         stats = brain_stats(image, f"{case.id}: {modality}")
         return stats, normalise(crop(image, offsets, size), *stats)
 
@@ -146,16 +176,24 @@ def preprocess_case(case: Case, size: tuple, mode: str = "center") -> tuple:
         "seg_file": str(case.files.seg) if case.files and case.files.seg else None,
         "original_shape": list(case.shape),
         "affine": np.asarray(case.affine).tolist(),
+        "downsample": factor,
+        "grid_shape": list(grid),
         "crop_size": list(size),
         "crop_mode": mode,
         "crop_offsets": list(offsets),
         "normalisation": {m: {"mean": s[0], "std": s[1]} for m, s in stats.items()},
         "has_labels": case.seg is not None,
     }
-    if case.seg is not None:
+    if case.seg is not None and factor == 1:
         seg_crop = crop(case.seg, offsets, size)
         arrays["regions"] = label_regions(np.ascontiguousarray(seg_crop))
         total, kept = int(np.count_nonzero(case.seg)), int(np.count_nonzero(seg_crop))
+    elif case.seg is not None:
+        regions = (block_mean(label_regions(case.seg), factor) >= 0.5).astype(np.uint8)
+        arrays["regions"] = np.ascontiguousarray(crop(regions, offsets, size))
+        total = int(np.count_nonzero(regions[..., 0]))
+        kept = int(np.count_nonzero(arrays["regions"][..., 0]))
+    if case.seg is not None:
         meta.update(wt_voxels=total, wt_voxels_lost=total - kept,
                     label_counts={str(v): int(np.count_nonzero(case.seg == v)) for v in (1, 2, 4)})
     return arrays, meta
@@ -188,10 +226,10 @@ class Result:
     wt_lost_share: float | None = None
 
 
-def process_case(files: CaseFiles, cache: Path, size: tuple, mode: str) -> Result:
+def process_case(files: CaseFiles, cache: Path, size: tuple, mode: str, factor: int = 1) -> Result:
     """Preprocess and cache one case; never raises, the Result says what happened."""
     try:
-        arrays, meta = preprocess_case(load_case(files), size, mode)
+        arrays, meta = preprocess_case(load_case(files), size, mode, factor)
         write_entry(cache, arrays, meta)
     except CaseError as error:
         return Result(files.id, "failed", str(error))
@@ -205,10 +243,10 @@ def _process(job: tuple) -> Result:
     return process_case(*job)
 
 
-def check_cache_settings(cache: Path, size: tuple, mode: str) -> None:
+def check_cache_settings(cache: Path, size: tuple, mode: str, factor: int = 1) -> None:
     """A cache holds one crop only: refuse to mix crop sizes or modes in one folder."""
     settings_file = cache / CACHE_SETTINGS
-    wanted = {"crop_size": list(size), "crop_mode": mode}
+    wanted = {"crop_size": list(size), "crop_mode": mode, "downsample": factor}
     if settings_file.is_file():
         found = json.loads(settings_file.read_text())
         if found != wanted:
@@ -252,6 +290,7 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--config", type=Path, help="take crop size and mode from this config")
     parser.add_argument("--crop-size", type=parse_size, help="HxWxD (default 192x160x108)")
     parser.add_argument("--crop", choices=("center", "brain"), help="crop placement (default center)")
+    parser.add_argument("--downsample", type=int, help="block-average by this factor first (default 1)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     args = parser.parse_args(argv)
 
@@ -262,19 +301,20 @@ def main(argv: list | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     size = args.crop_size or tuple(data.crop_size)
     mode = args.crop or data.crop_mode
+    factor = args.downsample or data.downsample
     try:
         cases = find_cases(args.input)
     except CaseError as error:
         parser.exit(2, f"error: {error}\n")
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found (see SPEC layouts in README)\n")
-    check_cache_settings(args.output, size, mode)
+    check_cache_settings(args.output, size, mode, factor)
 
     from tqdm import tqdm
     results = [Result(c.id, "skipped") for c in cases if is_cached(args.output, c.id)]
-    todo = [(c, args.output, size, mode) for c in cases if not is_cached(args.output, c.id)]
+    todo = [(c, args.output, size, mode, factor) for c in cases if not is_cached(args.output, c.id)]
     print(f"{len(cases)} cases in {args.input}; {len(todo)} to preprocess into {args.output} "
-          f"(crop {'x'.join(map(str, size))}, {mode})")
+          f"(crop {'x'.join(map(str, size))}, {mode}" + (f", downsampled x{factor})" if factor > 1 else ")"))
     pool = Pool(args.jobs) if args.jobs > 1 and len(todo) > 1 else None
     run = pool.imap_unordered(_process, todo) if pool else map(_process, todo)
     with tqdm(total=len(todo), desc="preprocess", unit="case") as bar:

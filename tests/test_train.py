@@ -1,0 +1,183 @@
+"""train.py: the learning check, resume, NaN stop, multi-replica, bad input before training."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def history(folder: Path) -> list:
+    with open(folder / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_learning_check_flair_reaches_wt_dice(trained_run):
+    """Small config, FLAIR, 13 training cases, 30 epochs: held-out WT Dice >= 0.7."""
+    rows = history(trained_run / "flair")
+    assert len(rows) == 30
+    best_wt = max(float(r["val_dice_wt"]) for r in rows)
+    assert best_wt >= 0.7, [r["val_dice_wt"] for r in rows]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"]) - 0.3
+    state = json.loads((trained_run / "flair" / "state.json").read_text())
+    assert state["epochs_done"] == 30 and 1 <= state["best_epoch"] <= 30
+
+
+def test_run_folder_holds_what_predict_needs(trained_run, small_cache):
+    folder = trained_run / "flair"
+    for name in ("best.keras", "last.keras", "state.json", "history.csv", "progress.png",
+                 "network.json"):
+        assert (folder / name).is_file(), name
+    assert any((folder / "tensorboard").rglob("*tfevents*"))
+    split = json.loads((trained_run / "split.json").read_text())
+    assert len(split["train"]) == 13 and len(split["validation"]) == 3
+    assert not set(split["train"]) & set(split["validation"])
+    assert (trained_run / "config.yaml").read_text().startswith("name: small")
+    assert not list(trained_run.rglob(".*tmp*"))
+
+
+def run_train(*args) -> int:
+    return train.main(["--config", "configs/small.yaml", "--verbose", "0", *map(str, args)])
+
+
+def test_resume_continues_with_optimizer_state_and_plateau_counter(tmp_path, small_cache):
+    out = tmp_path / "run"
+    assert run_train("--data", small_cache, "--out", out, "--epochs", "2") == 0
+    first = json.loads((out / "flair" / "state.json").read_text())
+    assert first["epochs_done"] == 2
+    with pytest.raises(SystemExit, match="2"):
+        run_train("--data", small_cache, "--out", out, "--epochs", "3")  # not without --resume
+    assert run_train("--data", small_cache, "--out", out, "--epochs", "3", "--resume") == 1 - 1
+    state = json.loads((out / "flair" / "state.json").read_text())
+    assert state["epochs_done"] == 3
+    assert [r["epoch"] for r in history(out / "flair")] == ["0", "1", "2"]
+    model = keras.saving.load_model(out / "flair" / "last.keras")
+    steps_per_epoch = 13
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3 * steps_per_epoch
+    assert state["plateau_wait"] >= 0 and state["learning_rate"] == pytest.approx(3e-4)
+
+
+def test_resume_restores_plateau_state(tmp_path, small_cache):
+    """A resumed run continues the plateau counter: with patience 1, LR drops where it would."""
+    out = tmp_path / "run"
+    (tmp_path / "tiny.yaml").write_text((ROOT / "configs" / "small.yaml").read_text()
+                                        .replace("plateau_patience: 10", "plateau_patience: 1"))
+    args = ["--config", tmp_path / "tiny.yaml", "--data", small_cache, "--out", out, "--verbose", "0"]
+    assert train.main([*map(str, args), "--epochs", "1"]) == 0
+    state = json.loads((out / "flair" / "state.json").read_text())
+    state.update(plateau_wait=1, plateau_best=-10.0)  # as if the last epoch had not improved
+    (out / "flair" / "state.json").write_text(json.dumps(state))
+    assert train.main([*map(str, args), "--epochs", "2", "--resume"]) == 0
+    state = json.loads((out / "flair" / "state.json").read_text())
+    assert state["learning_rate"] == pytest.approx(3e-5)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_cache, capsys):
+    cache = tmp_path / "cache"
+    shutil.copytree(small_cache, cache)
+    out = tmp_path / "run"
+    assert run_train("--data", cache, "--out", out, "--epochs", "1") == 0
+    good = (out / "flair" / "last.keras").read_bytes()
+    split = json.loads((out / "split.json").read_text())
+    for case_id in split["train"]:
+        flair = np.load(cache / case_id / "flair.npy")
+        flair[10, 10, 10] = np.nan
+        np.save(cache / case_id / "flair.npy", flair)
+    assert run_train("--data", cache, "--out", out, "--epochs", "2", "--resume") == 1
+    err = capsys.readouterr().err
+    assert "loss became NaN at epoch 2" in err and "last.keras (epoch 1)" in err
+    assert (out / "flair" / "last.keras").read_bytes() == good
+    assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_an_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, small_cache):
+    command = [sys.executable, "train.py", "--config", "configs/small.yaml", "--data", str(small_cache),
+               "--out", str(tmp_path / "run"), "--epochs", "1", "--cpu-replicas", "2", "--verbose", "0"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "global batch 2 on 2 replica(s)" in done.stdout
+    state = json.loads((tmp_path / "run" / "flair" / "state.json").read_text())
+    assert state["epochs_done"] == 1
+    model = keras.saving.load_model(tmp_path / "run" / "flair" / "last.keras")
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13 // 2
+
+
+def test_multimodal_network_reads_four_channels(tmp_path, small_cache):
+    out = tmp_path / "run"
+    assert run_train("--data", small_cache, "--out", out, "--epochs", "1", "--multimodal") == 0
+    assert json.loads((out / "multimodal" / "network.json").read_text())["modalities"] == [
+        "flair", "t1", "t1ce", "t2"]
+    model = keras.saving.load_model(out / "multimodal" / "best.keras")
+    assert model.input_shape == (None, 64, 64, 48, 4)
+
+
+def test_same_seed_same_split_and_order():
+    ids = [f"case{i}" for i in range(20)]
+    assert train.split_cases(ids, 0.2, 3) == train.split_cases(ids, 0.2, 3)
+    assert train.split_cases(ids, 0.2, 3) != train.split_cases(ids, 0.2, 4)
+    assert len(train.split_cases(ids, 0.2, 3)["validation"]) == 4
+    np.testing.assert_array_equal(train.epoch_order(13, 5, 0), train.epoch_order(13, 5, 0))
+    assert not np.array_equal(train.epoch_order(13, 5, 0), train.epoch_order(13, 6, 0))
+
+
+def test_augmentation_flips_image_and_regions_together(small_cache):
+    from data import Cache
+
+    cache = Cache(small_cache)
+    plain = list(train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, range(0, 4)))
+    augmented = list(train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, range(0, 4), True))
+    changed = 0
+    for (x0, y0), (x1, y1) in zip(plain, augmented):
+        x0, y0, x1, y1 = (np.asarray(v)[0] for v in (x0, y0, x1, y1))
+        assert y1.sum() == y0.sum()  # flips keep the tumour, only move it
+        changed += not np.array_equal(y0, y1)
+        flipped = [a for a in range(3) if not np.array_equal(y0, np.flip(y0, a))]
+        assert flipped
+    assert changed >= 1
+
+
+# ---- bad input: a clear error before any training starts ---------------------------------------
+
+def expect_error(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as stop:
+        train.main(["--verbose", "0", *map(str, args)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+    return err
+
+
+def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
+    small = ["--config", "configs/small.yaml"]
+    (tmp_path / "empty").mkdir()
+    assert "not a preprocess cache" in expect_error(capsys, *small, "--data", tmp_path / "empty",
+                                                    "--out", tmp_path / "r")
+    assert "differs from the config's 192x160x108" in expect_error(
+        capsys, "--config", "configs/paper.yaml", "--data", small_cache, "--out", tmp_path / "r")
+    (tmp_path / "unknown.yaml").write_text("model: {depth_factor: [2, 2, 4]}\n")
+    assert "unknown key depth_factor" in expect_error(
+        capsys, "--config", tmp_path / "unknown.yaml", "--data", small_cache, "--out", tmp_path / "r")
+    (tmp_path / "factors.yaml").write_text(
+        "data: {crop_size: [64, 64, 48], downsample: 3}\nmodel: {depth_factors: [3, 3, 4]}\n")
+    assert "depth 48 needs three factors" in expect_error(
+        capsys, "--config", tmp_path / "factors.yaml", "--data", small_cache, "--out", tmp_path / "r")
+    cache = tmp_path / "cache"
+    shutil.copytree(small_cache, cache)
+    os.remove(next(cache.glob("*/t2.npy")))
+    assert "has no t2.npy" in expect_error(capsys, *small, "--data", cache, "--modality", "t2",
+                                           "--out", tmp_path / "r")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.yaml").write_text("name: paper\n")
+    assert "holds a different run" in expect_error(capsys, *small, "--data", small_cache,
+                                                   "--out", tmp_path / "other")
+    assert not (tmp_path / "r").exists()
