@@ -44,12 +44,12 @@ class Network:
 # ---- loading the networks ---------------------------------------------------------------------
 
 def network_files(run: Path, modalities: list | None, models: list | None) -> list:
-    """(name, modalities, model file) of each network to use; best.keras, else last.keras."""
+    """(name, modalities, weights file) of each network: best.weights.h5, else last.keras."""
     if models:
         chosen = [Path(m) for m in models]
     else:
         folders = sorted(p.parent for p in run.glob("*/network.json"))
-        chosen = [next((f / n for n in ("best.keras", "last.keras") if (f / n).is_file()), None)
+        chosen = [next((f / n for n in ("best.weights.h5", "last.keras") if (f / n).is_file()), None)
                   for f in folders]
         chosen = [c for c in chosen if c is not None]
     found = []
@@ -69,21 +69,22 @@ def network_files(run: Path, modalities: list | None, models: list | None) -> li
 
 
 def load_network(name: str, modalities: tuple, path: Path, config: Config, precision: str) -> Network:
-    """Rebuild the network in `precision` and load the trained weights into it."""
+    """Build the network from the run's config in `precision` and load the trained weights."""
     import keras
 
     from model import build_model
 
-    trained = keras.saving.load_model(path, compile=False)
-    if precision == "float32":
-        model = trained
-    else:
-        keras.mixed_precision.set_global_policy(precision)
-        network_config = dataclasses.replace(config, model=dataclasses.replace(
-            config.model, channels=len(modalities), backbone_weights=None))
+    network_config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, channels=len(modalities), backbone_weights=None))
+    keras.mixed_precision.set_global_policy(precision)
+    try:
         model = build_model(network_config)
-        model.set_weights(trained.get_weights())
+    finally:
         keras.mixed_precision.set_global_policy("float32")
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py / zip / shape mismatch: one line naming the file
+        raise ConfigError(f"{path}: cannot load weights: {str(error).splitlines()[0]}") from None
     return Network(name, modalities, model, config.model.output_activation)
 
 
@@ -176,7 +177,8 @@ def main(argv: list | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--run", type=Path, help="run folder written by train.py")
-    parser.add_argument("--models", nargs="+", help="model files (inside run folders) to use")
+    parser.add_argument("--models", nargs="+",
+                        help="weight files (best.weights.h5 or last.keras inside run folders)")
     parser.add_argument("--modalities", help="comma list: use only these networks of the run")
     parser.add_argument("--input", type=Path, required=True, help="BraTS cases, any layout")
     parser.add_argument("--output", type=Path, required=True, help="folder for <case id>.nii.gz")
@@ -203,7 +205,10 @@ def main(argv: list | None = None) -> int:
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")
     args.output.mkdir(parents=True, exist_ok=True)
-    networks = [load_network(*spec, config, args.precision) for spec in specs]
+    try:
+        networks = [load_network(*spec, config, args.precision) for spec in specs]
+    except ConfigError as error:
+        parser.exit(2, f"error: {error}\n")
     print(f"{len(cases)} cases; ensemble of {', '.join(n.name for n in networks)} "
           f"({args.precision}{', flip TTA' if args.tta else ''})")
 

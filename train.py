@@ -6,9 +6,9 @@
     python train.py ... --resume                # continue a killed run where it stopped
 
 A run folder holds everything predict.py needs: config.yaml (the resolved configuration),
-split.json (training and validation case ids), and one folder per network with best.keras (best
-validation mean Dice), last.keras (with optimizer state), state.json (epoch, learning rate,
-plateau counter), history.csv, progress.png and TensorBoard logs.
+split.json (training and validation case ids), and one folder per network with network.json (its
+modalities), best.weights.h5 (best validation mean Dice), last.keras (with optimizer state),
+state.json (epoch, learning rate, plateau counter), history.csv, progress.png and TensorBoard logs.
 
 One GPU per modality: start one process per modality on the same --out, each with its own
 CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
@@ -33,6 +33,7 @@ from data import Cache, CacheError  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MULTIMODAL = "multimodal"
+BEST, LAST = "best.weights.h5", "last.keras"
 
 
 class RunError(ValueError):
@@ -189,7 +190,7 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
             save_model(self.model, folder / "last.keras")
             score = logs.get("val_dice_mean", -logs.get("loss", np.inf))
             if score > state.get("best_score", -np.inf):
-                save_model(self.model, folder / "best.keras")
+                save_weights(self.model, folder / BEST)
                 state.update(best_score=float(score), best_epoch=epoch + 1)
             state.update(epochs_done=epoch + 1, plateau_wait=int(plateau.wait),
                          plateau_best=float(plateau.best),
@@ -217,6 +218,13 @@ def save_model(model, path: Path) -> None:
     """model.save through a temporary name: a kill mid-write never leaves a broken checkpoint."""
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}.keras")
     model.save(temporary)
+    os.replace(temporary, path)
+
+
+def save_weights(model, path: Path) -> None:
+    """The weights alone (a third of last.keras, which also holds the optimizer state)."""
+    temporary = path.with_name(f".tmp-{os.getpid()}.{path.name}")
+    model.save_weights(temporary)
     os.replace(temporary, path)
 
 

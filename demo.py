@@ -1,0 +1,160 @@
+"""The whole pipeline end to end on synthetic BraTS-like cases: `make demo` runs this.
+
+    python demo.py --out demo
+
+1. write 24 training and 6 validation cases (validation ground truth kept apart)
+2. preprocess the training cases for configs/small.yaml
+3. train the four modality networks (FLAIR, T1, T1ce, T2)
+4. predict the validation cases with the four-network ensemble
+5. score them the BraTS way
+6. draw the figures: overlays (Fig. 2), feature maps (Figs. 3/4), training curves
+
+Every step skips what an earlier run of the demo already wrote, so an interrupted demo resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+
+CONFIG = Path("configs/small.yaml")
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+
+
+def step(title: str):
+    print(f"\n== {title}", flush=True)
+    return time.perf_counter()
+
+
+def done(start: float) -> None:
+    print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+def make_data(out: Path, train_cases: int, validation_cases: int, seed: int) -> None:
+    import synthetic
+    from tqdm import tqdm
+
+    for folder, cases, validation in ((out / "train", train_cases, False),
+                                      (out / "validation", validation_cases, True)):
+        if folder.exists():
+            print(f"   {folder} exists, kept")
+            continue
+        written = synthetic.write_dataset(folder, cases, seed + validation, "brats2020", validation,
+                                          out / "validation_ground_truth", jobs=2)
+        list(tqdm(written, total=cases, desc=folder.name, unit="case"))
+
+
+def draw_figures(out: Path, run: Path, predictions: Path, data: Path, cache: Path) -> list:
+    """Overlays of the validation cases, the feature maps of FLAIR and T1ce, training curves."""
+    import keras
+
+    import figures
+    from brats import find_cases, find_label_files, load_case, read_labels
+    from config import load_config
+    from data import Cache
+    from model import COMPRESSED_IMAGE, DECODED_IMAGE, build_model, feature_model
+
+    written = []
+    truths = find_label_files(data / "validation_ground_truth")
+    for files in find_cases(data / "validation"):
+        case = load_case(files)
+        prediction = np.asanyarray(nib.load(predictions / f"{files.id}.nii.gz").dataobj)
+        truth = read_labels(*truths[files.id], files.id)[0]
+        figure = figures.case_overlays(case.images["flair"], prediction, truth, f"{files.id} (FLAIR)")
+        written.append(figures.save(figure, out / f"overlay_{files.id}.png"))
+    config = load_config(run / "config.yaml")
+    config.model.backbone_weights = None
+    cache_data = Cache(cache)
+    case_id = cache_data.labelled_ids()[0]
+    for modality in ("flair", "t1ce"):
+        model = build_model(config)
+        model.load_weights(run / modality / "best.weights.h5")
+        volume = cache_data.image(case_id, (modality,))
+        maps = feature_model(model).predict_on_batch(volume[None])
+        figure = figures.feature_maps(volume[..., 0], maps[COMPRESSED_IMAGE][0], maps[DECODED_IMAGE][0],
+                                      cache_data.regions(case_id), f"{case_id}, {modality} network")
+        written.append(figures.save(figure, out / f"feature_maps_{modality}.png"))
+        keras.backend.clear_session()
+    for modality in MODALITIES:
+        history = figures.read_history(run / modality / "history.csv")
+        written.append(figures.save(figures.training_curves(history, f"{modality} network"),
+                                    out / f"training_{modality}.png"))
+    return written
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--out", type=Path, default=Path("demo"))
+    parser.add_argument("--train-cases", type=int, default=24)
+    parser.add_argument("--validation-cases", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the small config's")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    out = args.out
+    data, cache, run = out / "data", out / "cache", out / "runs" / "small"
+    predictions, results = out / "predictions", out / "results.csv"
+    begin = time.perf_counter()
+
+    start = step("1/6 synthetic BraTS-like cases")
+    make_data(data, args.train_cases, args.validation_cases, args.seed)
+    done(start)
+
+    import preprocess
+
+    start = step("2/6 preprocess")
+    status = preprocess.main([str(data / "train"), str(cache), "--config", str(CONFIG), "--jobs", "2"])
+    done(start)
+    if status:
+        return status
+
+    import train
+
+    start = step("3/6 train the four modality networks")
+    for modality in MODALITIES:
+        extra = ["--resume"] if (run / modality / "state.json").exists() else []
+        extra += ["--epochs", str(args.epochs)] if args.epochs else []
+        status = train.main(["--config", str(CONFIG), "--data", str(cache), "--out", str(run),
+                             "--modality", modality, "--verbose", "2", *extra])
+        if status:
+            return status
+    done(start)
+
+    import predict
+
+    start = step("4/6 predict the validation cases (ensemble of four)")
+    status = predict.main(["--run", str(run), "--input", str(data / "validation"),
+                           "--output", str(predictions)])
+    done(start)
+    if status:
+        return status
+
+    import evaluate
+
+    start = step("5/6 evaluate")
+    evaluate.main([str(predictions), str(data / "validation_ground_truth"), "--out", str(results)])
+    done(start)
+
+    start = step("6/6 figures")
+    written = draw_figures(out / "figures", run, predictions, data, cache)
+    done(start)
+
+    print(f"\nDemo finished in {(time.perf_counter() - begin) / 60:.1f} min. Written:")
+    for path, what in ((data, "synthetic cases (train, validation, validation_ground_truth)"),
+                       (cache, "preprocess cache"), (run, "run: config, split, four networks"),
+                       (predictions, "label maps <case id>.nii.gz"), (results, "BraTS scores"),
+                       (out / "figures", f"{len(written)} figures")):
+        print(f"  {str(path):32s} {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

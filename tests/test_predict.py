@@ -1,0 +1,119 @@
+"""predict.py: portal-ready files, exact geometry, skipping, bad cases, ensemble options."""
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import predict
+import synthetic
+from brats import find_cases, load_case
+from tests.conftest import SEED
+
+
+@pytest.fixture(scope="module")
+def validation_dir(tmp_path_factory):
+    """Two validation cases in the BraTS 2021 layout (without labels); ground truth apart."""
+    root = tmp_path_factory.mktemp("validation")
+    list(synthetic.write_dataset(root / "val", 2, SEED + 2, "brats2021", validation=True))
+    return root / "val"
+
+
+def run_predict(run, input_dir, output, *extra) -> int:
+    return predict.main(["--run", str(run), "--input", str(input_dir), "--output", str(output),
+                         *map(str, extra)])
+
+
+def test_prediction_files_keep_the_input_geometry(trained_run, validation_dir, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert run_predict(trained_run, validation_dir, out, "--save-probabilities") == 0
+    cases = find_cases(validation_dir)
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{c.id}.nii.gz" for c in cases]
+    for files in cases:
+        source = nib.load(files.images["flair"])
+        written = nib.load(out / f"{files.id}.nii.gz")
+        labels = np.asanyarray(written.dataobj)
+        assert labels.dtype == np.uint8 and labels.shape == (240, 240, 155)
+        assert set(np.unique(labels)) <= {0, 1, 2, 4}
+        np.testing.assert_array_equal(written.affine, source.affine)
+        np.testing.assert_array_equal(written.header.get_qform(), source.header.get_qform())
+        np.testing.assert_array_equal(written.header.get_sform(), source.header.get_sform())
+        assert written.header.get_zooms() == source.header.get_zooms()
+        assert int(written.header["qform_code"]) == int(source.header["qform_code"])
+        saved = np.load(out / f"{files.id}_probabilities.npz")
+        assert saved["probabilities"].shape == (64, 64, 48, 3)
+        assert int(saved["downsample"]) == 3 and list(saved["original_shape"]) == [240, 240, 155]
+        assert len(saved["crop_offsets"]) == 3  # what undoes the crop
+    assert not list(out.glob(".*"))
+
+
+def test_prediction_finds_the_tumour(trained_run, validation_dir, tmp_path):
+    """The trained FLAIR network of the learning check segments the held-out whole tumour."""
+    out = tmp_path / "pred"
+    assert run_predict(trained_run, validation_dir, out) == 0
+    import evaluate
+
+    truth_dir = validation_dir.parent / "val_ground_truth"
+    results = evaluate.evaluate(out, truth_dir, progress=False)
+    wt = [r.row["Dice_WT"] for r in results]
+    assert min(wt) > 0.6, wt
+
+
+def test_existing_outputs_are_skipped_unless_overwrite(trained_run, validation_dir, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert run_predict(trained_run, validation_dir, out) == 0
+    first = next(out.glob("*.nii.gz"))
+    first.write_bytes(b"stale")
+    capsys.readouterr()
+    assert run_predict(trained_run, validation_dir, out) == 0
+    assert "0 cases written" in capsys.readouterr().out and first.read_bytes() == b"stale"
+    assert run_predict(trained_run, validation_dir, out, "--overwrite") == 0
+    assert nib.load(first).shape == (240, 240, 155)
+
+
+def test_a_bad_case_is_reported_and_the_others_written(trained_run, validation_dir, tmp_path, capsys):
+    data = tmp_path / "val"
+    shutil.copytree(validation_dir, data)
+    bad = find_cases(data)[0]
+    bad.images["t2"].write_bytes(b"truncated")
+    out = tmp_path / "pred"
+    assert run_predict(trained_run, data, out) == 1
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {bad.id}: cannot read")
+    assert "Traceback" not in captured.err
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == [f"{find_cases(data)[1].id}.nii.gz"]
+
+
+def test_missing_run_is_a_clear_error(tmp_path, validation_dir, capsys):
+    with pytest.raises(SystemExit) as stop:
+        run_predict(tmp_path / "nothing", validation_dir, tmp_path / "out")
+    assert stop.value.code == 2 and "cannot read" in capsys.readouterr().err
+
+
+def test_flip_tta_and_bfloat16_give_close_probabilities(trained_run, validation_dir):
+    config = predict.load_config(trained_run / "config.yaml")
+    [spec] = predict.network_files(trained_run, ["flair"], None)
+    case = load_case(find_cases(validation_dir)[0])
+    from preprocess import preprocess_case
+
+    arrays, _ = preprocess_case(case, (64, 64, 48), "brain", 3)
+    plain = predict.region_probabilities(predict.load_network(*spec, config, "float32"), arrays, False)
+    tta = predict.region_probabilities(predict.load_network(*spec, config, "float32"), arrays, True)
+    bf16 = predict.region_probabilities(predict.load_network(*spec, config, "mixed_bfloat16"),
+                                        arrays, False)
+    assert len(predict.flips(True)) == 8
+    assert np.abs(tta - plain).mean() < 0.05 and not np.array_equal(tta, plain)
+    assert np.abs(bf16 - plain).mean() < 0.02
+    assert ((bf16 > 0.5) == (plain > 0.5)).mean() > 0.99
+
+
+def test_full_grid_puts_probabilities_back_where_they_came_from():
+    meta = {"downsample": 3, "original_shape": [240, 240, 155], "crop_offsets": [8, 4, 2]}
+    cropped = np.zeros((64, 64, 48, 3), np.float32)
+    cropped[10:20, 10:20, 10:20] = 1
+    full = predict.full_grid(cropped, meta)
+    assert full.shape == (240, 240, 155, 3)
+    inside = full[..., 0] > 0.5
+    points = np.argwhere(inside)
+    assert points.min(0).tolist() == [54, 42, 36] and points.max(0).tolist() == [83, 71, 65]
