@@ -59,7 +59,7 @@ def training_curves(history: dict, title: str = ""):
     return figure
 
 
-def label_overlay(image: np.ndarray, labels: np.ndarray):
+def label_overlay(labels: np.ndarray):
     """RGBA (H, W, 4) of BraTS labels in the paper's colours, transparent elsewhere."""
     rgba = np.zeros(labels.shape + (4,), np.float32)
     for label, colour in LABEL_COLOURS.items():
@@ -89,7 +89,7 @@ def case_overlays(image: np.ndarray, prediction: np.ndarray, truth: np.ndarray |
         for column, (axis, view) in enumerate(((2, "axial"), (1, "coronal"), (0, "sagittal"))):
             ax = axes[row, column]
             ax.imshow(_slice(image, axis, centre[axis]), cmap="gray", vmin=low, vmax=high)
-            ax.imshow(_slice(label_overlay(image, labels), axis, centre[axis]))
+            ax.imshow(_slice(label_overlay(labels), axis, centre[axis]))
             ax.set_title(f"{name}, {view}", fontsize=9)
             ax.axis("off")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in LABEL_COLOURS.values()]

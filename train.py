@@ -65,6 +65,7 @@ def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume:
     split["cache"] = str(cache.root.resolve())
     if config_file.exists():
         saved = load_config(config_file)
+        saved.train.epochs = config.train.epochs  # a run may be extended by more epochs
         if saved.to_dict() != config.to_dict():
             changed = [k for k in ("data", "model", "train")
                        if getattr(saved, k) != getattr(config, k)]
@@ -84,8 +85,10 @@ def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume:
         if resume and not started and (out / name).exists():
             raise RunError(f"{out / name} has no state.json to resume from")
     out.mkdir(parents=True, exist_ok=True)
-    if not config_file.exists():
-        save_config(config, config_file)
+    temporary = out / f".config.yaml.tmp-{os.getpid()}"
+    save_config(config, temporary)
+    os.replace(temporary, config_file)
+    if not split_file.exists():
         write_json(split_file, split)
     return split
 
@@ -374,6 +377,10 @@ def main(argv: list | None = None) -> int:
         split = prepare_run(args.out, config, cache, networks, args.resume)
     except (ConfigError, CacheError, RunError) as error:
         parser.exit(2, f"error: {error}\n")
+    if args.cpu_replicas > 1:
+        # TF 2.21's oneDNN fused convolutions fail on logical CPU devices under MirroredStrategy
+        # ("input and filter must have the same depth"); the plain kernels work.
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
     import keras
 
     keras.mixed_precision.set_global_policy(args.precision)
