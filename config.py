@@ -41,6 +41,7 @@ class ModelConfig:
     depth_factors: tuple = (3, 3, 4)
     downsampling: str = "strided"  # "strided" (authors' code) or "maxpool" (paper's conclusion)
     encoder_filters: tuple = (16, 32, 64, 64)
+    compression_activation: str = "relu"  # of the 1x1x1 conv making the 3-channel image
     decoder_filters: tuple = (512, 256, 128, 64)
     backbone: str = "EfficientNetB0"  # a key of model.BACKBONES
     backbone_weights: str | None = "imagenet"  # "imagenet", null, or a local .h5/.weights.h5 file
@@ -136,6 +137,9 @@ def validate(config: Config, where: str = "config") -> Config:
                           f"factors whose product is {depth}/3 = {depth / 3:g}")
     if model.downsampling not in ("strided", "maxpool"):
         raise ConfigError(f"{where}: model.downsampling must be strided or maxpool")
+    if model.compression_activation not in ("relu", "softplus", "elu", "linear"):
+        raise ConfigError(f"{where}: model.compression_activation must be relu, softplus, elu or "
+                          f"linear")
     if model.output_activation not in ("sigmoid", "softmax"):
         raise ConfigError(f"{where}: model.output_activation must be sigmoid or softmax")
     if len(model.encoder_filters) != 4 or len(model.decoder_filters) != 4:

@@ -9,11 +9,8 @@ import csv
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 LABEL_COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 4: (1.0, 0.9, 0.0)}  # NCR red, ED green, ET yellow
 LABEL_NAMES = {1: "necrosis / NET", 2: "edema", 4: "enhancing"}

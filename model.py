@@ -111,7 +111,7 @@ def depth_encoder(inputs, config: Config, norm=GroupNorm) -> tuple:
         x = shrink_depth(x, filters, factor, m.downsampling, f"enc{level}_down")
         x = residual_block(x, filters, m.groupnorm_groups, f"enc{level}", norm)
         skips.append(x)
-    x = layers.Conv3D(1, 1, activation="relu", name="enc_to_image")(x)
+    x = layers.Conv3D(1, 1, activation=m.compression_activation, name="enc_to_image")(x)
     image = layers.Reshape((height, width, 3), name=COMPRESSED_IMAGE)(x)
     return image, skips[:-1]
 

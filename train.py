@@ -184,13 +184,13 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
             self.best = state.get("plateau_best", self.best)
 
     class Checkpoints(keras.callbacks.Callback):
-        """last.keras every epoch, best.keras on a better validation mean Dice, then state.json."""
+        """last.keras every epoch, best.weights.h5 on a better validation mean Dice, then state.json."""
 
         def on_epoch_end(self, epoch, logs=None):
             if guard.failed_at is not None:
                 return
             logs = logs or {}
-            save_model(self.model, folder / "last.keras")
+            save_model(self.model, folder / LAST)
             score = logs.get("val_dice_mean", -logs.get("loss", np.inf))
             if score > state.get("best_score", -np.inf):
                 save_weights(self.model, folder / BEST)

@@ -43,11 +43,12 @@ def small_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_cache):
-    """The learning check's run: the FLAIR network of the small config, trained on 13 cases."""
+    """The learning check's run: the FLAIR network of the small config, 13 cases, 10 epochs."""
     import train
 
     out = tmp_path_factory.mktemp("runs") / "small"
     status = train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
-                         "--modality", "flair", "--out", str(out), "--verbose", "2"])
+                         "--modality", "flair", "--out", str(out), "--epochs", "10",
+                         "--verbose", "2"])
     assert status == 0
     return out

@@ -102,6 +102,7 @@ def test_region_dice_metric_and_brats_empty_rule():
 
 
 def test_gradients_through_the_network_are_finite():
+    keras.utils.set_random_seed(0)
     config = load_config("configs/small.yaml")
     network = een.build_model(config)
     network.compile(optimizer=keras.optimizers.Nadam(1e-4), loss=losses.DiceCrossEntropy(),

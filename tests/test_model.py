@@ -101,7 +101,8 @@ def test_feature_model_exposes_the_named_maps():
     assert out[een.COMPRESSED_IMAGE].shape == (1, 64, 64, 3)
     assert out[een.DECODED_IMAGE].shape == (1, 64, 64, 3)
     assert out[een.OUTPUT].shape == (1, 64, 64, 48, 3)
-    assert (out[een.COMPRESSED_IMAGE] >= 0).all()  # ReLU of the 1x1x1 depth compression
+    assert (out[een.COMPRESSED_IMAGE] > 0).all()  # softplus of the 1x1x1 depth compression
+    assert features.get_layer("enc_to_image").activation.__name__ == "softplus"
 
 
 def test_impossible_depth_factors_are_a_clear_error(tmp_path):
