@@ -96,7 +96,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--validation-cases", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=None, help="default: the small config's")
+    parser.add_argument("--epochs", type=int, default=8,
+                        help="epochs per network (default 8: the demo's 15-minute CPU budget)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = args.out
@@ -121,7 +122,7 @@ def main(argv: list | None = None) -> int:
     start = step("3/6 train the four modality networks")
     for modality in MODALITIES:
         extra = ["--resume"] if (run / modality / "state.json").exists() else []
-        extra += ["--epochs", str(args.epochs)] if args.epochs else []
+        extra += ["--epochs", str(args.epochs)]
         status = train.main(["--config", str(CONFIG), "--data", str(cache), "--out", str(run),
                              "--modality", modality, "--verbose", "2", *extra])
         if status:

@@ -35,10 +35,17 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 @dataclasses.dataclass
 class Network:
+    """One trained network: its modalities and weights, run on a model shared by the ensemble."""
+
     name: str
     modalities: tuple
-    model: object  # keras.Model
+    model: object  # keras.Model, shared by every network with the same number of channels
+    weights: list
     activation: str
+
+    def predict(self, volume: np.ndarray) -> np.ndarray:
+        self.model.set_weights(self.weights)
+        return np.asarray(self.model.predict_on_batch(volume), np.float32)
 
 
 # ---- loading the networks ---------------------------------------------------------------------
@@ -68,24 +75,32 @@ def network_files(run: Path, modalities: list | None, models: list | None) -> li
     return found
 
 
-def load_network(name: str, modalities: tuple, path: Path, config: Config, precision: str) -> Network:
-    """Build the network from the run's config in `precision` and load the trained weights."""
+def load_network(name: str, modalities: tuple, path: Path, config: Config, precision: str,
+                 models: dict | None = None) -> Network:
+    """Read a network's weights into a model built from the run's config in `precision`.
+
+    `models` (channels -> model) lets the networks of an ensemble share one compiled model and
+    swap weights, which keeps one set of activations in memory instead of one per network.
+    """
     import keras
 
     from model import build_model
 
-    network_config = dataclasses.replace(config, model=dataclasses.replace(
-        config.model, channels=len(modalities), backbone_weights=None))
-    keras.mixed_precision.set_global_policy(precision)
-    try:
-        model = build_model(network_config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    models = {} if models is None else models
+    if len(modalities) not in models:
+        network_config = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, channels=len(modalities), backbone_weights=None))
+        keras.mixed_precision.set_global_policy(precision)
+        try:
+            models[len(modalities)] = build_model(network_config)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    model = models[len(modalities)]
     try:
         model.load_weights(path)
     except Exception as error:  # h5py / zip / shape mismatch: one line naming the file
         raise ConfigError(f"{path}: cannot load weights: {str(error).splitlines()[0]}") from None
-    return Network(name, modalities, model, config.model.output_activation)
+    return Network(name, modalities, model, model.get_weights(), config.model.output_activation)
 
 
 # ---- one case ---------------------------------------------------------------------------------
@@ -105,8 +120,7 @@ def region_probabilities(network: Network, arrays: dict, tta: bool) -> np.ndarra
     total = np.zeros(volume.shape[1:4] + (3,), np.float32)
     for axes in flips(tta):
         flipped = np.flip(volume, [a + 1 for a in axes]) if axes else volume
-        output = np.asarray(network.model.predict_on_batch(np.ascontiguousarray(flipped)),
-                            np.float32)[0]
+        output = network.predict(np.ascontiguousarray(flipped))[0]
         if network.activation == "softmax":
             output = np.asarray(classes_to_regions(output), np.float32)
         total += np.flip(output, axes) if axes else output
@@ -205,8 +219,9 @@ def main(argv: list | None = None) -> int:
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")
     args.output.mkdir(parents=True, exist_ok=True)
+    models = {}
     try:
-        networks = [load_network(*spec, config, args.precision) for spec in specs]
+        networks = [load_network(*spec, config, args.precision, models) for spec in specs]
     except ConfigError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"{len(cases)} cases; ensemble of {', '.join(n.name for n in networks)} "

@@ -61,8 +61,7 @@ def baseline(root: Path) -> dict:
     from preprocess import preprocess_case
 
     config = load_config(root / "run" / "config.yaml")
-    model = build_model(config, norm=keras.layers.GroupNormalization)
-    model.load_weights(root / "run" / "flair" / "best.weights.h5")
+    model = build_model(config, norm=keras.layers.GroupNormalization)  # random weights: same speed
     arrays, _ = preprocess_case(load_case(find_cases(root / "cases")[0]), (192, 160, 108))
     model(arrays["flair"][None, ..., None], training=False)  # warm-up
     start = time.perf_counter()
@@ -81,7 +80,8 @@ def project(root: Path, precision: str) -> dict:
 
     run = root / "run"
     config = predict.load_config(run / "config.yaml")
-    networks = [predict.load_network(*spec, config, precision)
+    models = {}
+    networks = [predict.load_network(*spec, config, precision, models)
                 for spec in predict.network_files(run, None, None)]
     options = ap.Namespace(tta=False, threshold=0.5, et_min_voxels=0, save_probabilities=False,
                            output=root / f"pred_{precision}")

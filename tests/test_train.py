@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import keras
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -119,6 +120,14 @@ def test_multimodal_network_reads_four_channels(tmp_path, small_cache):
         "flair", "t1", "t1ce", "t2"]
     model = keras.saving.load_model(out / "multimodal" / "last.keras")
     assert model.input_shape == (None, 64, 64, 48, 4)
+    import predict
+    import synthetic
+
+    list(synthetic.write_dataset(tmp_path / "val", 1, 11, "brats2020", validation=True))
+    assert predict.main(["--run", str(out), "--input", str(tmp_path / "val"),
+                         "--output", str(tmp_path / "pred")]) == 0
+    written = nib.load(tmp_path / "pred" / "BraTS20_Validation_001.nii.gz")
+    assert written.shape == (240, 240, 155) and written.get_data_dtype() == np.uint8
 
 
 def test_same_seed_same_split_and_order():
