@@ -33,6 +33,14 @@ def classes_to_regions(probabilities):
     return ops.stack([p1 + p2 + p4, p1 + p4, p4], axis=-1)
 
 
+def regions_to_classes_hard(labels):
+    """Class indices (0..3 for labels 0, 1, 2, 4) -> binary regions (..., 3) WT, TC, ET."""
+    wt = labels > 0
+    tc = ops.logical_or(ops.equal(labels, 1), ops.equal(labels, 3))
+    et = ops.equal(labels, 3)
+    return ops.cast(ops.stack([wt, tc, et], axis=-1), "float32")
+
+
 def soft_dice(y_true, y_pred, per_channel: bool = True, eps: float = DICE_EPS):
     """Eq. 1. per_channel: one D per channel (summed over batch and voxels), then their mean."""
     y_true = ops.cast(y_true, y_pred.dtype)
@@ -123,14 +131,6 @@ class RegionDice(keras.metrics.Metric):
     def get_config(self) -> dict:
         return {**super().get_config(), "region": self.region, "activation": self.activation,
                 "threshold": self.threshold}
-
-
-def regions_to_classes_hard(labels):
-    """Class indices (0..3 for labels 0, 1, 2, 4) -> binary regions (..., 3) WT, TC, ET."""
-    wt = labels > 0
-    tc = ops.logical_or(ops.equal(labels, 1), ops.equal(labels, 3))
-    et = ops.equal(labels, 3)
-    return ops.cast(ops.stack([wt, tc, et], axis=-1), "float32")
 
 
 def region_metrics(activation: str = "sigmoid") -> list:

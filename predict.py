@@ -35,17 +35,18 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 @dataclasses.dataclass
 class Network:
-    """One trained network: its modalities and weights, run on a model shared by the ensemble."""
+    """One trained network: its modalities and weights file, run on a model shared by the ensemble."""
 
     name: str
     modalities: tuple
     model: object  # keras.Model, shared by every network with the same number of channels
-    weights: list
+    weights: Path
     activation: str
 
-    def predict(self, volume: np.ndarray) -> np.ndarray:
-        self.model.set_weights(self.weights)
-        return np.asarray(self.model.predict_on_batch(volume), np.float32)
+    def activate(self):
+        """Load this network's weights into the shared model (about 0.2 s); returns the model."""
+        self.model.load_weights(self.weights)
+        return self.model
 
 
 # ---- loading the networks ---------------------------------------------------------------------
@@ -80,7 +81,8 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
     """Read a network's weights into a model built from the run's config in `precision`.
 
     `models` (channels -> model) lets the networks of an ensemble share one compiled model and
-    swap weights, which keeps one set of activations in memory instead of one per network.
+    swap weights from their files, so that memory holds one model and one set of activations
+    however many networks there are (the weights are read here once to check them).
     """
     import keras
 
@@ -100,7 +102,7 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
         model.load_weights(path)
     except Exception as error:  # h5py / zip / shape mismatch: one line naming the file
         raise ConfigError(f"{path}: cannot load weights: {str(error).splitlines()[0]}") from None
-    return Network(name, modalities, model, model.get_weights(), config.model.output_activation)
+    return Network(name, modalities, model, path, config.model.output_activation)
 
 
 # ---- one case ---------------------------------------------------------------------------------
@@ -118,9 +120,10 @@ def region_probabilities(network: Network, arrays: dict, tta: bool) -> np.ndarra
 
     volume = np.stack([arrays[m] for m in network.modalities], axis=-1)[None]
     total = np.zeros(volume.shape[1:4] + (3,), np.float32)
+    model = network.activate()
     for axes in flips(tta):
         flipped = np.flip(volume, [a + 1 for a in axes]) if axes else volume
-        output = network.predict(np.ascontiguousarray(flipped))[0]
+        output = np.asarray(model.predict_on_batch(np.ascontiguousarray(flipped)), np.float32)[0]
         if network.activation == "softmax":
             output = np.asarray(classes_to_regions(output), np.float32)
         total += np.flip(output, axes) if axes else output
