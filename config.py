@@ -51,6 +51,11 @@ class ModelConfig:
     encoder_dropout: float = 0.2
     decoder_dropout: float = 0.5
     groupnorm_groups: int = 8
+    # Departures from the paper, each off by default (README, "Making the 2D branch matter"):
+    backbone_input_scale: float = 1.0  # x this before the backbone's own 1/255 rescaling
+    norm_2d: str = "batch"  # "batch" (paper) or "group": normalisation of backbone and 2D decoder
+    decoder_upsampling: str = "transpose"  # "transpose" (paper) or "resize" (bilinear + conv)
+    skip_dropout: float = 0.0  # training: probability of dropping the 3D skips (all together)
 
 
 @dataclass
@@ -63,6 +68,8 @@ class TrainConfig:
     learning_rate: float = 1e-4
     plateau_factor: float = 0.1
     plateau_patience: int = 50
+    schedule: str = "plateau"  # "plateau" (paper) or "cosine": warm-up, then cosine decay to 0
+    warmup_epochs: int = 0  # cosine only: epochs of linear warm-up to learning_rate
     dice_per_channel: bool = True  # soft Dice per region, then averaged (False: over all regions)
     validation_fraction: float = 0.2
     augment: bool = False
@@ -140,6 +147,12 @@ def validate(config: Config, where: str = "config") -> Config:
     if model.compression_activation not in ("relu", "softplus", "elu", "linear"):
         raise ConfigError(f"{where}: model.compression_activation must be relu, softplus, elu or "
                           f"linear")
+    if model.norm_2d not in ("batch", "group"):
+        raise ConfigError(f"{where}: model.norm_2d must be batch or group")
+    if model.decoder_upsampling not in ("transpose", "resize"):
+        raise ConfigError(f"{where}: model.decoder_upsampling must be transpose or resize")
+    if not 0 <= model.skip_dropout < 1:
+        raise ConfigError(f"{where}: model.skip_dropout must be in [0, 1)")
     if model.output_activation not in ("sigmoid", "softmax"):
         raise ConfigError(f"{where}: model.output_activation must be sigmoid or softmax")
     if len(model.encoder_filters) != 4 or len(model.decoder_filters) != 4:
@@ -148,6 +161,8 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: model.encoder_filters must be multiples of groupnorm_groups")
     if train.optimizer not in ("nadam", "adam"):
         raise ConfigError(f"{where}: train.optimizer must be nadam or adam")
+    if train.schedule not in ("plateau", "cosine"):
+        raise ConfigError(f"{where}: train.schedule must be plateau or cosine")
     if not 0 <= train.validation_fraction < 1:
         raise ConfigError(f"{where}: train.validation_fraction must be in [0, 1)")
     return config

@@ -27,6 +27,7 @@ import keras
 from keras import layers, ops
 
 from config import Config, ConfigError, load_config
+from outputs import exits_cleanly
 
 # The backbone table: constructor and the five layers whose outputs feed the 2D decoder, at
 # H/2, H/4, H/8, H/16 and H/32 (the last one is the bottleneck). Another keras.applications
@@ -55,7 +56,7 @@ class GroupNorm(layers.GroupNormalization):
     is closer to a float64 reference than Keras's own layer (tests/test_model.py).
     """
 
-    def call(self, inputs):
+    def call(self, inputs, mask=None):  # mask: accepted when it replaces a BatchNormalization
         channels = inputs.shape[-1]
         per_group = channels // self.groups
         spatial = tuple(range(1, len(inputs.shape) - 1))
@@ -77,6 +78,36 @@ class GroupNorm(layers.GroupNormalization):
         scale = ops.cast(ops.reshape(scale, broadcast), self.compute_dtype)
         shift = ops.cast(ops.reshape(shift, broadcast), self.compute_dtype)
         return ops.cast(inputs, self.compute_dtype) * scale + shift
+
+
+@keras.saving.register_keras_serializable("een")
+class SkipDropout(layers.Layer):
+    """In training, drop all the 3D skips together with probability `rate` (one draw per case).
+
+    A step without skips must segment through the 2D branch alone, so the decoder cannot learn to
+    ignore it (model.skip_dropout; 0 in the paper). At inference the skips pass unchanged.
+    Inputs and outputs: a list of 3D skip maps (B, H, W, D_i, F_i).
+    """
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = rate
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def call(self, skips, training=False):
+        if not training or self.rate == 0:
+            return list(skips)
+        batch = ops.shape(skips[0])[0]
+        draw = keras.random.uniform((batch,), seed=self.generator)
+        keep = ops.cast(draw >= self.rate, skips[0].dtype)
+        return [s * ops.reshape(keep, (-1,) + (1,) * (len(s.shape) - 1)) for s in skips]
+
+    def compute_output_shape(self, input_shape):
+        return list(input_shape)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
 def residual_block(x, filters: int, groups: int, name: str, norm=GroupNorm):
@@ -129,16 +160,53 @@ def backbone_weights(config: Config):
 
 def backbone(config: Config) -> keras.Model:
     """The 2D encoder as a model (H, W, 3) -> five skip maps, H/2 ... H/32 (bottleneck last)."""
-    name = config.model.backbone
-    if name not in BACKBONES:
-        raise ConfigError(f"model.backbone: {name} is not one of {', '.join(BACKBONES)}")
-    constructor, skip_names = BACKBONES[name]
+    m = config.model
+    if m.backbone not in BACKBONES:
+        raise ConfigError(f"model.backbone: {m.backbone} is not one of {', '.join(BACKBONES)}")
+    constructor, skip_names = BACKBONES[m.backbone]
     height, width, _ = config.data.crop_size
     network = constructor(include_top=False, weights=backbone_weights(config),
                           input_shape=(height, width, 3))
-    network.trainable = config.model.backbone_trainable
+    if m.norm_2d == "group":
+        network = with_group_norm(network, m.groupnorm_groups)
+    network.trainable = m.backbone_trainable
     outputs = [network.get_layer(layer).output for layer in skip_names]
-    return keras.Model(network.inputs, outputs, name=f"{name.lower()}_encoder")
+    return keras.Model(network.inputs, outputs, name=f"{m.backbone.lower()}_encoder")
+
+
+def with_group_norm(network: keras.Model, groups: int) -> keras.Model:
+    """`network` with every BatchNormalization replaced by GroupNorm(groups), weights kept.
+
+    With batch 1, batch statistics in training differ from the moving averages used at
+    inference; group statistics are the same in both (model.norm_2d: group). GroupNorm takes
+    BatchNorm's gamma and beta; the moving statistics are dropped.
+    """
+    def clone(layer):
+        if isinstance(layer, layers.BatchNormalization):
+            return GroupNorm(groups, epsilon=layer.epsilon, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(network, clone_function=clone)
+    for source, target in zip(network.layers, copy.layers):
+        weights = source.get_weights()
+        if isinstance(source, layers.BatchNormalization):
+            weights = weights[:2]  # gamma, beta
+        if weights:
+            target.set_weights(weights)
+    return copy
+
+
+def upsample_2d(x, filters: int, config: Config, name: str, use_bias: bool = False):
+    """Double H and W: a stride-2 transposed convolution (paper), or bilinear resize + conv.
+
+    The two hold the same number of parameters; the resize avoids the transposed convolution's
+    checkerboard (model.decoder_upsampling).
+    """
+    if config.model.decoder_upsampling == "resize":
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_resize")(x)
+        return layers.Conv2D(filters, 3, padding="same", use_bias=use_bias, name=name)(x)
+    return layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=use_bias,
+                                  name=name)(x)
 
 
 def decoder_2d(skips: list, config: Config):
@@ -147,43 +215,55 @@ def decoder_2d(skips: list, config: Config):
     x = skips[-1]
     for level, (filters, skip) in enumerate(zip(m.decoder_filters, reversed(skips[:-1])), start=1):
         name = f"dec2d_up{level}"
-        x = layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False,
-                                   name=f"{name}_tconv")(x)
-        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = upsample_2d(x, filters, config, f"{name}_tconv")
+        if m.norm_2d == "group":
+            x = GroupNorm(m.groupnorm_groups, name=f"{name}_gn")(x)
+        else:
+            x = layers.BatchNormalization(name=f"{name}_bn")(x)
         x = layers.SpatialDropout2D(m.decoder_dropout, name=f"{name}_dropout")(x)
         x = layers.ReLU(name=f"{name}_relu")(x)
         x = layers.Concatenate(name=f"{name}_concat")([x, skip])
-    return layers.Conv2DTranspose(3, 3, strides=2, padding="same", name=DECODED_IMAGE)(x)
+    return upsample_2d(x, 3, config, DECODED_IMAGE, use_bias=True)
 
 
-def decoder_3d(image, skips: list, config: Config, norm=GroupNorm):
-    """(H, W, 3) -> (H, W, D, K): depth grows by f3, f2, f1, adding the encoder's 3D skips."""
+def decoder_3d(image, skips: list | None, config: Config, norm=GroupNorm):
+    """(H, W, 3) -> (H, W, D, K): depth grows by f3, f2, f1, adding the encoder's 3D skips.
+
+    skips None: nothing is added (the "3D skips zeroed" ablation of analyze.py).
+    """
     m = config.model
     height, width, _ = config.data.crop_size
     x = layers.Reshape((height, width, 3, 1), name="dec3d_volume")(image)
+    skips = [None] * 3 if skips is None else skips
     levels = zip(reversed(m.encoder_filters[:3]), reversed(m.depth_factors), reversed(skips))
     for level, (filters, factor, skip) in enumerate(levels, start=1):
         name = f"dec3d_{level}"
         x = layers.Conv3D(filters, 1, name=f"{name}_proj")(x)
         x = layers.UpSampling3D((1, 1, factor), name=f"{name}_up")(x)
-        x = layers.Add(name=f"{name}_skip")([x, skip])
+        if skip is not None:
+            x = layers.Add(name=f"{name}_skip")([x, skip])
         x = residual_block(x, filters, m.groupnorm_groups, name, norm)
     x = layers.Conv3D(m.encoder_filters[0], 3, padding="same", name="dec3d_head")(x)
     return layers.Conv3D(m.output_channels, 1, activation=m.output_activation, dtype="float32",
                          name=OUTPUT)(x)
 
 
-def build_model(config: Config, norm=GroupNorm) -> keras.Model:
+def build_model(config: Config, norm=GroupNorm, skips_3d: bool = True) -> keras.Model:
     """The whole network for `config`: (batch, H, W, D, C) -> (batch, H, W, D, K).
 
     `norm` is the group-normalisation layer class; keras.layers.GroupNormalization gives the
-    stock layer the benchmarks compare against (same weights, slower).
+    stock layer the benchmarks compare against (same weights, slower). skips_3d False builds the
+    same layers without the 3D skip additions (an ablation; the weights load by layer name).
     """
-    inputs = keras.Input((*config.data.crop_size, config.model.channels), name="volume")
-    image, skips_3d = depth_encoder(inputs, config, norm)
-    skips_2d = backbone(config)(image)
-    decoded = decoder_2d(skips_2d, config)
-    outputs = decoder_3d(decoded, skips_3d, config, norm)
+    m = config.model
+    inputs = keras.Input((*config.data.crop_size, m.channels), name="volume")
+    image, skips = depth_encoder(inputs, config, norm)
+    if m.skip_dropout > 0:
+        skips = SkipDropout(m.skip_dropout, seed=config.train.seed, name="skip_dropout")(skips)
+    if m.backbone_input_scale != 1:
+        image = layers.Rescaling(m.backbone_input_scale, name="backbone_input_scale")(image)
+    decoded = decoder_2d(backbone(config)(image), config)
+    outputs = decoder_3d(decoded, skips if skips_3d else None, config, norm)
     return keras.Model(inputs, outputs, name=f"een_{config.name}")
 
 
@@ -198,6 +278,7 @@ def feature_model(model: keras.Model) -> keras.Model:
                        name=f"{model.name}_features")
 
 
+@exits_cleanly(ConfigError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("configs/paper.yaml"),
@@ -207,12 +288,9 @@ def main(argv: list | None = None) -> int:
                         help="backbone weights: none (default; a summary needs none), imagenet, "
                              "or a local weights file")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-        config.model.backbone_weights = None if args.weights == "none" else args.weights
-        model = build_model(config)
-    except ConfigError as error:
-        parser.exit(2, f"error: {error}\n")
+    config = load_config(args.config)
+    config.model.backbone_weights = None if args.weights == "none" else args.weights
+    model = build_model(config)
     if args.summary:
         model.summary(expand_nested=False, line_length=110)
     else:

@@ -18,6 +18,7 @@ import functools
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats import LAYOUTS, MODALITIES, MSD_CHANNELS
+from outputs import atomic, check_folder, exits_cleanly
 
 GRID = (240, 240, 155)
 # BraTS volumes are stored with x and y reversed with respect to RAS (origin 0, 239, 0).
@@ -84,28 +86,31 @@ def smooth_noise(rng: np.random.Generator, shape: tuple, coarse: int = 6) -> np.
 
 def tumour_labels(rng: np.random.Generator, brain: np.ndarray, tissue: np.ndarray, lgg: bool,
                   centre: np.ndarray, radius: float) -> tuple:
-    """(labels in a box, the box's slices): an irregular tumour around `centre`.
+    """(labels in a box, the box's slices): an irregular tumour whose core has radius `radius`.
 
     Normalised distance d = |x - c| / radius, perturbed by smooth noise: necrosis d < a, enhancing
-    rim a <= d < 0.75 (for LGG-like tumours the whole core is non-enhancing), edema up to d < e,
-    kept inside the brain and out of CSF.
+    rim a <= d < 1 (for LGG-like tumours the whole core is non-enhancing), edema up to d < e, kept
+    inside the brain and out of CSF. a ~ U(0.45, 0.75) and e ~ U(1.2, 1.55) give BraTS's class
+    proportions over a data set (TC/WT about 0.35, ET/WT about 0.25; `proportions` measures them).
     """
-    edema_reach = rng.uniform(1.4, 2.1)
-    half = int(np.ceil(radius * (edema_reach + 0.6)))
+    edema_reach = rng.uniform(1.2, 1.55)
+    half = int(np.ceil(radius * (1.3 * edema_reach + 0.6)))
     box = tuple(slice(max(int(c) - half, 0), min(int(c) + half + 1, s))
                 for c, s in zip(centre, brain.shape))
     grids = np.meshgrid(*[np.arange(b.start, b.stop, dtype=np.float32) for b in box], indexing="ij")
     shape = grids[0].shape
-    distance = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre))) / radius
+    # An ellipsoid with random axes, so that shapes vary beyond the noise.
+    stretch = rng.uniform(0.75, 1.3, size=3)
+    distance = np.sqrt(sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, stretch))) / radius
     core = distance * (1 + 0.3 * smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
     outer = distance * (1 + 0.35 * smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
     labels = np.zeros(shape, np.uint8)
     labels[(outer < edema_reach) & (tissue[box] > 0.35)] = 2
     if lgg:
-        labels[core < 0.75] = 1
+        labels[core < 1] = 1
     else:
-        labels[core < 0.75] = 4
-        labels[core < rng.uniform(0.3, 0.55)] = 1
+        labels[core < 1] = 4
+        labels[core < rng.uniform(0.45, 0.75)] = 1
     labels[brain[box] < 0.5] = 0
     return labels, box
 
@@ -120,7 +125,7 @@ def place_tumours(rng: np.random.Generator, lgg: bool, multifocal: bool) -> np.n
     labels = np.zeros(GRID, np.uint8)
     for number in range(2 if multifocal else 1):
         centre = candidates[rng.integers(len(candidates))].astype(np.float32)
-        radius = rng.uniform(9, 20) if number == 0 else rng.uniform(6, 11)
+        radius = rng.uniform(8, 17) if number == 0 else rng.uniform(5, 9)
         tumour, box = tumour_labels(rng, brain, tissue, lgg, centre, radius)
         region = labels[box]
         # Where tumours meet, the more severe label wins: ET > necrosis > edema.
@@ -201,12 +206,13 @@ def to_layout_coding(labels: np.ndarray, layout: str) -> np.ndarray:
 
 
 def save_nifti(data: np.ndarray, path: Path) -> None:
-    """Write with the BraTS geometry (1 mm, BraTS affine, qform and sform set)."""
+    """Write with the BraTS geometry (1 mm, BraTS affine, qform and sform set), atomically."""
     img = nib.Nifti1Image(data, BRATS_AFFINE)
     img.set_qform(BRATS_AFFINE, code=1)
     img.set_sform(BRATS_AFFINE, code=1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with atomic(path) as temporary:
+        nib.save(img, str(temporary))
 
 
 def case_files(out: Path, layout: str, cid: str, grade: str, validation: bool) -> tuple:
@@ -223,8 +229,36 @@ def case_files(out: Path, layout: str, cid: str, grade: str, validation: bool) -
     return images, folder / f"{cid}{sep}{LAYOUTS[layout].seg_suffix}.nii.gz"
 
 
+class Written(NamedTuple):
+    """A case as written: its id, grade and voxel counts of BraTS labels 0, 1, 2, 4."""
+
+    id: str
+    grade: str
+    counts: tuple
+
+
+def label_counts(labels: np.ndarray) -> tuple:
+    """Voxel counts of BraTS 2020 labels (0, 1, 2, 4)."""
+    counts = np.bincount(labels.ravel(), minlength=5)
+    return tuple(int(counts[label]) for label in (0, 1, 2, 4))
+
+
+def proportions(written: list) -> dict:
+    """Data-set class proportions, as voxel-count ratios summed over the cases.
+
+    TC/WT over every case; ET/WT over the HGG-like cases (LGG-like ones have no ET by design).
+    Real BraTS (Kermi et al. 2018): TC/WT about 0.34, ET/WT about 0.23.
+    """
+    every = np.sum([w.counts for w in written], axis=0)
+    hgg = np.sum([w.counts for w in written if w.grade == "HGG"] or [(0, 0, 0, 0)], axis=0)
+    ratio = lambda part, whole: float(part / whole) if whole else float("nan")  # noqa: E731
+    return {"TC/WT": ratio(every[1] + every[3], every[1:].sum()),
+            "ET/WT (HGG)": ratio(hgg[3], hgg[1:].sum()),
+            "LGG share": sum(w.grade == "LGG" for w in written) / len(written)}
+
+
 def write_case(out: Path, seed: int, index: int, layout: str, validation: bool,
-               gt_dir: Path | None) -> str:
+               gt_dir: Path | None) -> Written:
     """Generate and write case `index`; its labels go to gt_dir instead when validating."""
     case = make_case(seed, index)
     cid = case_id(layout, index, validation)
@@ -238,7 +272,7 @@ def write_case(out: Path, seed: int, index: int, layout: str, validation: bool,
     if validation:
         seg_path = case_files(gt_dir, layout, cid, case.grade, True)[1]
     save_nifti(to_layout_coding(case.labels, layout), seg_path)
-    return cid
+    return Written(cid, case.grade, label_counts(case.labels))
 
 
 def default_gt_dir(out: Path) -> Path:
@@ -248,7 +282,7 @@ def default_gt_dir(out: Path) -> Path:
 
 def write_dataset(out: Path, cases: int, seed: int, layout: str = "brats2020",
                   validation: bool = False, gt_dir: Path | None = None, jobs: int = 1):
-    """Write `cases` synthetic cases under `out`, yielding each id as it is written."""
+    """Write `cases` synthetic cases under `out`, yielding each as a `Written` when done."""
     out = Path(out)
     task = functools.partial(write_case, out, seed, layout=layout, validation=validation,
                              gt_dir=Path(gt_dir) if gt_dir else default_gt_dir(out))
@@ -260,6 +294,7 @@ def write_dataset(out: Path, cases: int, seed: int, layout: str = "brats2020",
         yield from pool.map(task, indices)
 
 
+@exits_cleanly()
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -279,11 +314,16 @@ def main(argv: list | None = None) -> int:
     from tqdm import tqdm
 
     gt_dir = args.gt_dir or default_gt_dir(args.out)
+    check_folder(args.out)
+    if args.validation:
+        check_folder(gt_dir)
     cases = write_dataset(args.out, args.cases, args.seed, args.layout, args.validation, gt_dir,
                           args.jobs)
-    ids = list(tqdm(cases, total=args.cases, desc="synthetic cases", unit="case"))
-    print(f"wrote {len(ids)} {args.layout} cases to {args.out}"
+    written = list(tqdm(cases, total=args.cases, desc="synthetic cases", unit="case"))
+    print(f"wrote {len(written)} {args.layout} cases to {args.out}"
           + (f" (labels in {gt_dir})" if args.validation else ""))
+    print("class proportions (voxels): " + ", ".join(
+        f"{name} {value:.2f}" for name, value in proportions(written).items()))
     return 0
 
 

@@ -192,3 +192,63 @@ def test_model_summary_cli(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert any("Total params: 14,420,730" in line for line in lines[-6:])
     assert any("compressed_image" in line for line in lines)
+
+
+def small_config(**model):
+    config = load_config("configs/small.yaml")
+    for key, value in model.items():
+        setattr(config.model, key, value)
+    return config
+
+
+def test_embedding_options_keep_the_shapes_and_transposed_resize_parameter_parity():
+    """norm_2d group, resize decoder, input scale, skip dropout: same stages, no BatchNorm."""
+    paper_like = een.build_model(small_config(norm_2d="batch", decoder_upsampling="transpose"))
+    varied = een.build_model(small_config(norm_2d="group", decoder_upsampling="resize",
+                                          backbone_input_scale=255.0, skip_dropout=0.5))
+    encoder = varied.get_layer("efficientnetb0_encoder")
+    assert not any(isinstance(l, keras.layers.BatchNormalization)
+                   for l in encoder.layers + varied.layers)
+    assert varied.get_layer("backbone_input_scale").scale == 255.0
+    assert varied.get_layer(een.DECODED_IMAGE).output.shape == (None, 64, 64, 3)
+    # resize + 3x3 conv holds exactly the transposed convolution's parameters
+    for name in ("dec2d_up1_tconv", "dec2d_up4_tconv", een.DECODED_IMAGE):
+        assert varied.get_layer(name).count_params() == paper_like.get_layer(name).count_params()
+    # GroupNorm drops BatchNorm's moving statistics only
+    bn_stats = sum(count(l.non_trainable_weights) for l in paper_like.layers
+                   if isinstance(l, keras.layers.BatchNormalization))
+    encoder_bn_stats = sum(count(l.non_trainable_weights)
+                           for l in paper_like.get_layer("efficientnetb0_encoder").layers
+                           if isinstance(l, keras.layers.BatchNormalization))
+    assert count(paper_like.trainable_weights) == count(varied.trainable_weights)
+    assert paper_like.count_params() - varied.count_params() == bn_stats + encoder_bn_stats
+
+
+def test_group_norm_backbone_keeps_the_batchnorm_scale_and_shift():
+    config = small_config(norm_2d="batch")
+    original = een.backbone(config)
+    bn = original.get_layer("stem_bn")
+    bn.set_weights([np.full_like(w, v) for w, v in zip(bn.get_weights(), (2.0, 0.5, 0.0, 1.0))])
+    converted = een.with_group_norm(original, 8)
+    gamma, beta = converted.get_layer("stem_bn").get_weights()
+    assert isinstance(converted.get_layer("stem_bn"), een.GroupNorm)
+    assert np.allclose(gamma, 2.0) and np.allclose(beta, 0.5)
+
+
+def test_skip_dropout_drops_all_skips_of_a_case_together_only_in_training():
+    layer = een.SkipDropout(0.5, seed=1)
+    skips = [np.ones((64, 4, 4, 6, 2), np.float32), np.ones((64, 4, 4, 3, 4), np.float32)]
+    dropped = [keras.ops.convert_to_numpy(s) for s in layer(skips, training=True)]
+    kept = [d.reshape(64, -1).max(axis=1) for d in dropped]
+    np.testing.assert_array_equal(kept[0], kept[1])  # the same cases lose every skip
+    assert set(np.unique(kept[0])) == {0.0, 1.0} and 16 < kept[0].sum() < 48
+    unchanged = layer(skips, training=False)
+    assert all(np.array_equal(keras.ops.convert_to_numpy(u), s) for u, s in zip(unchanged, skips))
+
+
+def test_model_without_3d_skips_has_the_same_weights():
+    config = small_config()
+    full, no_skips = een.build_model(config), een.build_model(config, skips_3d=False)
+    assert full.count_params() == no_skips.count_params()
+    assert "dec3d_1_skip" in [l.name for l in full.layers]
+    assert not any(l.name.endswith("_skip") for l in no_skips.layers)

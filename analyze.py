@@ -1,0 +1,218 @@
+"""Does the embedded 2D branch matter? An ablation and embedding report for a trained run.
+
+    python analyze.py --run runs/small                  # every network, held-out cases of the run
+    python analyze.py --run runs/small --networks flair,t1ce --data cache/other
+
+Each network of the run segments its held-out cases (split.json's validation ids, read from the
+preprocess cache) three ways:
+
+    full        the network as trained
+    no_2d       the 2D branch zeroed: the `decoded_image` layer's weights set to 0, so the 3D
+                decoder receives nothing from the embedded 2D classifier
+    no_3d_skips the 3D decoder adds nothing from the 3D encoder (only the 2D branch feeds it)
+
+and prints hard Dice of WT, TC and ET in the cropped grid (both empty: 1), their mean, and the
+drop against `full`. It also measures whether the images of the paper's Figs. 3/4 show the
+tumour: the tumour contrast of the compressed image (what the backbone sees) and of the decoded
+image (what the 2D decoder hands back): |mean inside the tumour's depth projection - mean over the
+rest of the brain| / standard deviation over the rest of the brain, averaged over the 3 channels
+(each a depth slab). The table is also written to RUN/ablation.csv.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from config import Config, ConfigError, load_config  # noqa: E402
+from data import Cache, CacheError  # noqa: E402
+
+MODES = ("full", "no_2d", "no_3d_skips")
+REGIONS = ("WT", "TC", "ET")
+
+
+def dice(truth: np.ndarray, prediction: np.ndarray) -> float:
+    """Hard Dice of two boolean masks; both empty counts as 1 (BraTS)."""
+    total = truth.sum() + prediction.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(truth, prediction).sum() / total)
+
+
+def region_dice(probabilities: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Dice of WT, TC, ET: probabilities (H, W, D, 3) thresholded at 0.5 against regions."""
+    return np.array([dice(regions[..., i] > 0, probabilities[..., i] > 0.5) for i in range(3)])
+
+
+def tumour_contrast(image: np.ndarray, volume: np.ndarray, regions: np.ndarray) -> float:
+    """How visible the tumour is in a (H, W, 3) image whose channels are 3 depth slabs.
+
+    Per channel c: the tumour mask is WT projected over slab c of the depth, the brain mask the
+    non-zero voxels projected likewise; contrast = |mean(tumour) - mean(brain \\ tumour)| /
+    std(brain \\ tumour). Mean over the channels that hold tumour; NaN when none does.
+    """
+    slabs = np.array_split(np.arange(volume.shape[2]), 3)
+    values = []
+    for channel, depths in enumerate(slabs):
+        tumour = regions[:, :, depths, 0].any(axis=2)
+        rest = (volume[:, :, depths, :] != 0).any(axis=(2, 3)) & ~tumour
+        if tumour.sum() < 4 or rest.sum() < 4:
+            continue
+        plane = image[..., channel].astype(np.float64)
+        spread = plane[rest].std()
+        gap = abs(plane[tumour].mean() - plane[rest].mean())
+        values.append(gap / spread if spread > 1e-12 else (0.0 if gap < 1e-12 else np.inf))
+    return float(np.mean(values)) if values else float("nan")
+
+
+@dataclasses.dataclass
+class NetworkReport:
+    """Mean Dice (WT, TC, ET) per mode and mean tumour contrasts of one network."""
+
+    name: str
+    dice: dict  # mode -> np.ndarray (3,)
+    compressed_contrast: float
+    decoded_contrast: float
+
+    def rows(self) -> list:
+        full = self.dice["full"].mean()
+        return [{"network": self.name, "mode": mode, **dict(zip(REGIONS, values.round(4))),
+                 "mean": round(float(values.mean()), 4),
+                 "drop": round(float(full - values.mean()), 4),
+                 "compressed_contrast": round(self.compressed_contrast, 3),
+                 "decoded_contrast": round(self.decoded_contrast, 3)}
+                for mode, values in self.dice.items()]
+
+
+def ablation_models(config: Config, weights: Path) -> dict:
+    """mode -> keras.Model with the network's weights: full, 2D branch zeroed, 3D skips removed."""
+    from model import DECODED_IMAGE, build_model
+
+    full = build_model(config)
+    full.load_weights(weights)
+    no_2d = build_model(config)
+    no_2d.set_weights(full.get_weights())
+    decoded = no_2d.get_layer(DECODED_IMAGE)
+    decoded.set_weights([np.zeros_like(w) for w in decoded.get_weights()])
+    no_skips = build_model(config, skips_3d=False)
+    for layer in no_skips.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
+    return {"full": full, "no_2d": no_2d, "no_3d_skips": no_skips}
+
+
+def probabilities(model, volume: np.ndarray, activation: str) -> np.ndarray:
+    """(H, W, D, 3) region probabilities of one case (volume (H, W, D, C))."""
+    from losses import classes_to_regions
+
+    output = np.asarray(model.predict_on_batch(volume[None]), np.float32)[0]
+    return np.asarray(classes_to_regions(output), np.float32) if activation == "softmax" else output
+
+
+def analyze_network(name: str, folder: Path, config: Config, cache: Cache, ids: list) -> NetworkReport:
+    """Score one network of a run on `ids` in every mode, and measure the tumour contrasts."""
+    import keras
+
+    from model import COMPRESSED_IMAGE, DECODED_IMAGE, feature_model
+
+    modalities = tuple(json.loads((folder / "network.json").read_text())["modalities"])
+    weights = next((folder / n for n in ("best.weights.h5", "last.keras")
+                    if (folder / n).is_file()), None)
+    if weights is None:
+        raise ConfigError(f"{folder}: no best.weights.h5 or last.keras")
+    network_config = dataclasses.replace(config, model=dataclasses.replace(
+        config.model, channels=len(modalities), backbone_weights=None))
+    models = ablation_models(network_config, weights)
+    features = feature_model(models["full"])
+    activation = config.model.output_activation
+    scores = {mode: [] for mode in MODES}
+    compressed, decoded = [], []
+    for case_id in ids:
+        volume = np.asarray(cache.image(case_id, modalities), np.float32)
+        regions = cache.regions(case_id)
+        for mode, model in models.items():
+            scores[mode].append(region_dice(probabilities(model, volume, activation), regions))
+        maps = features.predict_on_batch(volume[None])
+        compressed.append(tumour_contrast(np.asarray(maps[COMPRESSED_IMAGE][0]), volume, regions))
+        decoded.append(tumour_contrast(np.asarray(maps[DECODED_IMAGE][0]), volume, regions))
+    keras.backend.clear_session()
+    return NetworkReport(name, {m: np.mean(s, axis=0) for m, s in scores.items()},
+                         float(np.nanmean(compressed)), float(np.nanmean(decoded)))
+
+
+def network_folders(run: Path, names: list | None) -> dict:
+    """name -> folder of each trained network of a run (optionally only `names`)."""
+    folders = {p.parent.name: p.parent for p in sorted(run.glob("*/network.json"))}
+    if names:
+        missing = [n for n in names if n not in folders]
+        if missing:
+            raise ConfigError(f"{run}: no network {', '.join(missing)} (has {', '.join(folders)})")
+        folders = {n: folders[n] for n in names}
+    if not folders:
+        raise ConfigError(f"{run}: no trained network (no */network.json)")
+    return folders
+
+
+def analyze_run(run: Path, data: Path | None = None, names: list | None = None) -> list:
+    """The reports of every (or the named) network of `run` on its held-out cases."""
+    config = load_config(run / "config.yaml")
+    split = json.loads((run / "split.json").read_text())
+    cache = Cache(data or split["cache"])
+    ids = [i for i in split["validation"] if i in cache.ids] or split["validation"]
+    if not split["validation"]:
+        raise ConfigError(f"{run}: the run has no held-out cases (train.validation_fraction 0)")
+    return [analyze_network(name, folder, config, cache, ids)
+            for name, folder in network_folders(run, names).items()]
+
+
+def format_table(reports: list) -> str:
+    """A Markdown table: one row per network and mode."""
+    header = ("network", "mode", "WT", "TC", "ET", "mean", "drop", "compressed_contrast",
+              "decoded_contrast")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for report in reports:
+        for row in report.rows():
+            lines.append("| " + " | ".join(str(row[k]) for k in header) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(reports: list, path: Path) -> None:
+    """All rows to `path` through a temporary name."""
+    rows = [row for report in reports for row in report.rows()]
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+
+
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--run", type=Path, required=True, help="run folder written by train.py")
+    parser.add_argument("--data", type=Path, help="preprocess cache (default: the run's own)")
+    parser.add_argument("--networks", help="comma list of networks (default: all of the run)")
+    parser.add_argument("--out", type=Path, help="CSV to write (default RUN/ablation.csv)")
+    args = parser.parse_args(argv)
+    try:
+        if not (args.run / "config.yaml").is_file() or not (args.run / "split.json").is_file():
+            raise ConfigError(f"{args.run}: not a run folder (no config.yaml and split.json)")
+        reports = analyze_run(args.run, args.data,
+                              args.networks.split(",") if args.networks else None)
+    except (ConfigError, CacheError) as error:
+        parser.exit(2, f"error: {error}\n")
+    print(format_table(reports))
+    write_csv(reports, args.out or args.run / "ablation.csv")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Outputs that fail cleanly: check a location before the long work, write files atomically, and
+end a tool with one line `error: <path>: <reason>` instead of a traceback.
+
+    @exits_cleanly(ConfigError)             # these errors and every OSError: one line, exit 2
+    def main(argv=None):
+        check_folder(args.out)              # a wrong --out fails now, not after hours of work
+        with atomic(args.out / "x.npy") as temporary:
+            np.save(temporary, x)           # x.npy appears only when complete
+
+A disk that fills up midway (ENOSPC, quota, I/O error) thus leaves the files already written
+intact and nothing half-written under a final name; a rerun continues from there.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+
+class OutputError(Exception):
+    """An output that cannot be written; str() is one line `<path>: cannot write: <reason>`."""
+
+
+def reason(path: Path, error: OSError) -> str:
+    """Why writing `path` failed, in words: errno's text, or which file stands where a folder must."""
+    if error.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker} is a file, not a folder"
+    return error.strerror or str(error).splitlines()[0]
+
+
+def failure(path, error: OSError, doing: str = "cannot write") -> OutputError:
+    """The OutputError naming `path` for an OSError met while writing it."""
+    return OutputError(f"{path}: {doing}: {reason(Path(path), error)}")
+
+
+def check_folder(folder) -> Path:
+    """Create `folder` (and its parents) if needed and prove that a file can be written in it.
+
+    Raises OutputError naming the folder (or the parent that cannot be made) and the reason: a
+    file in the way, no permission, a read-only file system.
+    """
+    folder = Path(folder)
+    _probe(folder, folder)
+    return folder
+
+
+def check_file(path) -> Path:
+    """check_folder for the folder of `path`, and refuse a `path` that is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: cannot write: it is a folder")
+    _probe(path.parent, path)
+    return path
+
+
+def _probe(folder: Path, named: Path) -> None:
+    """Make `folder` and an (unnamed, at once deleted) file in it; OutputError if either fails."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise failure(error.filename or folder, error, "cannot create folder") from None
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise failure(named, error) from None
+
+
+@contextlib.contextmanager
+def atomic(path):
+    """Yield a temporary name beside `path` (same folder, same ending); rename it to `path` when
+    the block completes. On any failure the temporary (file or folder) is removed and `path` is
+    left as it was; an OSError becomes an OutputError naming `path`.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            if temporary.is_dir():
+                shutil.rmtree(temporary)
+            else:
+                temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise failure(path, error) from None
+        raise
+
+
+def exits_cleanly(*errors):
+    """Decorate a tool's main(): OutputError, every OSError and the given one-line errors end it
+    with `error: <message>` on stderr and exit status 2, never a traceback.
+
+    Standard output counts as an output: a failed print (`> /dev/full`, a log on a full disk) is
+    reported as `error: standard output: cannot write: <reason>`.
+    """
+    def decorate(main):
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+            try:
+                status = main(*args, **kwargs)
+                sys.stdout.flush()
+                return status
+            except (OutputError, OSError, *errors) as error:
+                sys.stderr.write(f"error: {message(error)}\n")
+                raise SystemExit(2) from None
+            finally:
+                sys.stdout = stdout
+        return run
+    return decorate
+
+
+def message(error: Exception) -> str:
+    """One line for an error; an OSError as `<file>: <reason>`."""
+    if isinstance(error, OSError) and error.filename is not None:
+        return f"{error.filename}: {reason(Path(error.filename), error)}"
+    return str(error)
+
+
+class _Stdout:
+    """sys.stdout while a tool runs: a write or flush that fails raises OutputError naming it."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self._do(self.stream.write, text)
+
+    def flush(self):
+        return self._do(self.stream.flush)
+
+    def _do(self, call, *args):
+        try:
+            return call(*args)
+        except OSError as error:
+            with contextlib.suppress(OSError, ValueError):  # the exit's own flush goes nowhere
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            raise failure("standard output", error) from None
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)

@@ -1,0 +1,72 @@
+"""analyze.py: the ablation of the 2D branch and the 3D skips, and the tumour contrast."""
+import csv
+
+import numpy as np
+
+import analyze
+import model as een
+from config import load_config
+
+
+def test_dice_counts_both_empty_as_one():
+    empty = np.zeros((4, 4), bool)
+    full = np.ones((4, 4), bool)
+    assert analyze.dice(empty, empty) == 1.0
+    assert analyze.dice(full, empty) == 0.0
+    half = full.copy()
+    half[:2] = False
+    assert analyze.dice(full, half) == 2 * 8 / (16 + 8)
+
+
+def test_tumour_contrast_sees_a_bright_tumour_and_not_a_flat_image():
+    volume = np.zeros((16, 16, 6, 1), np.float32)
+    volume[2:14, 2:14] = 1.0  # the brain
+    regions = np.zeros((16, 16, 6, 3), np.uint8)
+    regions[6:10, 6:10, :, 0] = 1  # the tumour, in every depth slab
+    rng = np.random.default_rng(0)
+    image = rng.normal(0, 1, (16, 16, 3)).astype(np.float32)
+    assert analyze.tumour_contrast(image, volume, regions) < 1.0
+    image[6:10, 6:10] += 10
+    assert analyze.tumour_contrast(image, volume, regions) > 5.0
+    assert analyze.tumour_contrast(np.ones((16, 16, 3)), volume, regions) == 0.0
+    assert np.isnan(analyze.tumour_contrast(image, volume, np.zeros_like(regions)))
+
+
+def test_ablation_models_zero_the_2d_branch_and_remove_the_skips(tmp_path):
+    config = load_config("configs/small.yaml")
+    trained = een.build_model(config)
+    trained.save_weights(tmp_path / "w.weights.h5")
+    models = analyze.ablation_models(config, tmp_path / "w.weights.h5")
+    decoded = models["no_2d"].get_layer(een.DECODED_IMAGE).get_weights()
+    assert all(not w.any() for w in decoded)
+    x = np.random.default_rng(1).normal(size=(1, 64, 64, 48, 1)).astype(np.float32)
+    outputs = {m: np.asarray(model.predict_on_batch(x)) for m, model in models.items()}
+    np.testing.assert_allclose(outputs["full"], np.asarray(trained.predict_on_batch(x)), atol=1e-5)
+    assert not np.allclose(outputs["full"], outputs["no_2d"], atol=1e-4)
+    assert not np.allclose(outputs["full"], outputs["no_3d_skips"], atol=1e-4)
+
+
+def test_analyze_a_trained_run(trained_run, capsys):
+    """The learning check's FLAIR run: table printed, CSV written, the 2D branch matters."""
+    assert analyze.main(["--run", str(trained_run)]) == 0
+    printed = capsys.readouterr().out
+    assert "| flair | no_2d |" in printed and "| flair | no_3d_skips |" in printed
+    with open(trained_run / "ablation.csv") as handle:
+        rows = {row["mode"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"full", "no_2d", "no_3d_skips"}
+    assert float(rows["full"]["drop"]) == 0.0
+    assert float(rows["full"]["WT"]) > 0.5
+    assert float(rows["no_2d"]["drop"]) >= 0.05  # the embedded 2D branch is used
+    assert float(rows["full"]["compressed_contrast"]) > 0.5  # the backbone sees the tumour
+
+
+def test_unknown_network_and_missing_run_are_one_line(trained_run, tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        analyze.main(["--run", str(trained_run), "--networks", "t2"])
+    assert exit_info.value.code == 2
+    assert "no network t2" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        analyze.main(["--run", str(tmp_path)])
+    assert "not a run folder" in capsys.readouterr().err
