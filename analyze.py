@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from config import Config, ConfigError, load_config  # noqa: E402
 from data import Cache, CacheError  # noqa: E402
+from outputs import atomic, check_file, exits_cleanly  # noqa: E402
 
 MODES = ("full", "no_2d", "no_3d_skips")
 REGIONS = ("WT", "TC", "ET")
@@ -185,14 +186,13 @@ def format_table(reports: list) -> str:
 def write_csv(reports: list, path: Path) -> None:
     """All rows to `path` through a temporary name."""
     rows = [row for report in reports for row in report.rows()]
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "w", newline="") as handle:
+    with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(temporary, path)
 
 
+@exits_cleanly(ConfigError, CacheError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -202,15 +202,12 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--networks", help="comma list of networks (default: all of the run)")
     parser.add_argument("--out", type=Path, help="CSV to write (default RUN/ablation.csv)")
     args = parser.parse_args(argv)
-    try:
-        if not (args.run / "config.yaml").is_file() or not (args.run / "split.json").is_file():
-            raise ConfigError(f"{args.run}: not a run folder (no config.yaml and split.json)")
-        reports = analyze_run(args.run, args.data,
-                              args.networks.split(",") if args.networks else None)
-    except (ConfigError, CacheError) as error:
-        parser.exit(2, f"error: {error}\n")
+    if not (args.run / "config.yaml").is_file() or not (args.run / "split.json").is_file():
+        raise ConfigError(f"{args.run}: not a run folder (no config.yaml and split.json)")
+    out = check_file(args.out or args.run / "ablation.csv")
+    reports = analyze_run(args.run, args.data, args.networks.split(",") if args.networks else None)
     print(format_table(reports))
-    write_csv(reports, args.out or args.run / "ablation.csv")
+    write_csv(reports, out)
     return 0
 
 

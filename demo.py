@@ -7,7 +7,8 @@
 3. train the four modality networks (FLAIR, T1, T1ce, T2)
 4. predict the validation cases with the four-network ensemble
 5. score them the BraTS way
-6. draw the figures: overlays (Fig. 2), feature maps (Figs. 3/4), training curves
+6. ablate each network's 2D branch and 3D skips (analyze.py): does the embedding matter?
+7. draw the figures: overlays (Fig. 2), feature maps (Figs. 3/4), training curves
 
 Every step skips what an earlier run of the demo already wrote, so an interrupted demo resumes.
 """
@@ -24,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from outputs import check_folder, exits_cleanly  # noqa: E402
+
 CONFIG = Path("configs/small.yaml")
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
@@ -38,6 +41,8 @@ def done(start: float) -> None:
 
 
 def make_data(out: Path, train_cases: int, validation_cases: int, seed: int) -> None:
+    """Training and validation cases; each set is written as `<name>.partial` and renamed when
+    complete, so a set that a full disk interrupted is written again by the next demo."""
     import synthetic
     from tqdm import tqdm
 
@@ -46,9 +51,11 @@ def make_data(out: Path, train_cases: int, validation_cases: int, seed: int) -> 
         if folder.exists():
             print(f"   {folder} exists, kept")
             continue
-        written = synthetic.write_dataset(folder, cases, seed + validation, "brats2020", validation,
+        partial = folder.with_name(f"{folder.name}.partial")
+        written = synthetic.write_dataset(partial, cases, seed + validation, "brats2020", validation,
                                           out / "validation_ground_truth", jobs=2)
         list(tqdm(written, total=cases, desc=folder.name, unit="case"))
+        partial.rename(folder)
 
 
 def draw_figures(out: Path, run: Path, predictions: Path, data: Path, cache: Path) -> list:
@@ -89,6 +96,7 @@ def draw_figures(out: Path, run: Path, predictions: Path, data: Path, cache: Pat
     return written
 
 
+@exits_cleanly()
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -96,22 +104,22 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--validation-cases", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=8,
-                        help="epochs per network (default 8: the demo's 15-minute CPU budget)")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs per network (default 10: the demo's 15-minute CPU budget)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    out = args.out
+    out = check_folder(args.out)
     data, cache, run = out / "data", out / "cache", out / "runs" / "small"
     predictions, results = out / "predictions", out / "results.csv"
     begin = time.perf_counter()
 
-    start = step("1/6 synthetic BraTS-like cases")
+    start = step("1/7 synthetic BraTS-like cases")
     make_data(data, args.train_cases, args.validation_cases, args.seed)
     done(start)
 
     import preprocess
 
-    start = step("2/6 preprocess")
+    start = step("2/7 preprocess")
     status = preprocess.main([str(data / "train"), str(cache), "--config", str(CONFIG), "--jobs", "2"])
     done(start)
     if status:
@@ -119,19 +127,18 @@ def main(argv: list | None = None) -> int:
 
     import train
 
-    start = step("3/6 train the four modality networks")
-    for modality in MODALITIES:
-        extra = ["--resume"] if (run / modality / "state.json").exists() else []
-        extra += ["--epochs", str(args.epochs)]
-        status = train.main(["--config", str(CONFIG), "--data", str(cache), "--out", str(run),
-                             "--modality", modality, "--verbose", "2", *extra])
-        if status:
-            return status
+    start = step("3/7 train the four modality networks (one process, one traced model)")
+    resume = ["--resume"] if list(run.glob("*/state.json")) else []
+    status = train.main(["--config", str(CONFIG), "--data", str(cache), "--out", str(run),
+                         "--modality", "all", "--epochs", str(args.epochs), "--verbose", "2",
+                         *resume])
     done(start)
+    if status:
+        return status
 
     import predict
 
-    start = step("4/6 predict the validation cases (ensemble of four)")
+    start = step("4/7 predict the validation cases (ensemble of four)")
     status = predict.main(["--run", str(run), "--input", str(data / "validation"),
                            "--output", str(predictions)])
     done(start)
@@ -140,11 +147,19 @@ def main(argv: list | None = None) -> int:
 
     import evaluate
 
-    start = step("5/6 evaluate")
+    start = step("5/7 evaluate")
     evaluate.main([str(predictions), str(data / "validation_ground_truth"), "--out", str(results)])
     done(start)
 
-    start = step("6/6 figures")
+    import analyze
+
+    start = step("6/7 does the 2D branch matter? (ablation on the held-out training cases)")
+    status = analyze.main(["--run", str(run)])
+    done(start)
+    if status:
+        return status
+
+    start = step("7/7 figures")
     written = draw_figures(out / "figures", run, predictions, data, cache)
     done(start)
 
@@ -152,6 +167,7 @@ def main(argv: list | None = None) -> int:
     for path, what in ((data, "synthetic cases (train, validation, validation_ground_truth)"),
                        (cache, "preprocess cache"), (run, "run: config, split, four networks"),
                        (predictions, "label maps <case id>.nii.gz"), (results, "BraTS scores"),
+                       (run / "ablation.csv", "ablation and tumour contrasts"),
                        (out / "figures", f"{len(written)} figures")):
         print(f"  {str(path):32s} {what}")
     return 0

@@ -8,14 +8,14 @@ specificity 1; exactly one empty -> Dice 0 and Hausdorff95 373.13 (the diagonal 
 Sensitivity is 1 when the ground truth region is empty (nothing to miss). A missing or
 misaligned prediction scores Dice 0, Hausdorff95 373.13, sensitivity 0 and specificity 0, and is
 named in the report. The CSV has the portal's layout: one row per case, then Mean, StdDev
-(population, ddof 0), Median, 25quantile and 75quantile.
+(population, ddof 0), Median, 25quantile and 75quantile. --out is checked before any scoring, and
+the table is printed before the CSV is written, so it is on screen even when writing fails.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats import CaseError, find_label_files, read_labels
+from outputs import atomic, check_file, exits_cleanly
 
 REGIONS = ("ET", "WT", "TC")  # the portal's column order
 REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -144,15 +145,13 @@ def columns() -> list:
 
 def write_csv(results: list, summary: dict, path: Path) -> None:
     """Portal layout, written through a temporary file."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Label", *columns()])
         for result in results:
             writer.writerow([result.id, *(f"{result.row[c]:.6f}" for c in columns())])
         for name, row in summary.items():
             writer.writerow([name, *(f"{row[c]:.6f}" for c in columns())])
-    os.replace(temporary, path)
 
 
 def table(summary: dict) -> str:
@@ -183,6 +182,7 @@ def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True) -> li
     return results
 
 
+@exits_cleanly(CaseError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -193,18 +193,16 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.predictions.is_dir():
         parser.exit(2, f"error: {args.predictions}: not a folder\n")
-    try:
-        results = evaluate(args.predictions, args.ground_truth)
-    except CaseError as error:
-        parser.exit(2, f"error: {error}\n")
+    check_file(args.out)
+    results = evaluate(args.predictions, args.ground_truth)
     if not results:
         parser.exit(2, "error: no case could be scored\n")
     summary = statistics([r.row for r in results])
-    write_csv(results, summary, args.out)
     for result in results:
         if result.problem:
             print(f"penalised: {result.id}: {result.problem}")
-    print(table(summary))
+    print(table(summary), flush=True)  # on screen even when the CSV cannot be written
+    write_csv(results, summary, args.out)
     print(f"{len(results)} cases scored, {sum(bool(r.problem) for r in results)} penalised; "
           f"wrote {args.out}")
     return 0

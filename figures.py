@@ -6,11 +6,12 @@ edema green. Every function draws on a new figure and returns it; `save` writes 
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from outputs import atomic
 
 LABEL_COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 4: (1.0, 0.9, 0.0)}  # NCR red, ED green, ET yellow
 LABEL_NAMES = {1: "necrosis / NET", 2: "edema", 4: "enhancing"}
@@ -21,10 +22,11 @@ def save(figure, path: str | Path, dpi: int = 100) -> Path:
     """Write a figure to `path` through a temporary file, so a reader never sees half a PNG."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        with atomic(path) as temporary:
+            figure.savefig(temporary, dpi=dpi, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -27,12 +27,25 @@ class OutputError(Exception):
 
 
 def reason(path: Path, error: OSError) -> str:
-    """Why writing `path` failed, in words: errno's text, or which file stands where a folder must."""
+    """Why writing `path` failed, in words: errno's text, or which file stands where a folder must.
+
+    Some libraries report a short write without errno (numpy: "N requested and M written"); when
+    the file system of `path` is then full, that is said.
+    """
     if error.errno in (errno.ENOTDIR, errno.EEXIST):
         blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
         if blocker is not None:
             return f"{blocker} is a file, not a folder"
-    return error.strerror or str(error).splitlines()[0]
+    if error.errno:
+        return os.strerror(error.errno)
+    text = str(error).splitlines()[0]
+    return f"{os.strerror(errno.ENOSPC)} ({text})" if _full(path) else text
+
+
+def _full(path: Path) -> bool:
+    """Whether the file system holding `path` has no block left for files."""
+    folder = next(p for p in (path, *path.parents) if p.exists())
+    return os.statvfs(folder).f_bavail == 0
 
 
 def failure(path, error: OSError, doing: str = "cannot write") -> OutputError:
@@ -76,7 +89,8 @@ def _probe(folder: Path, named: Path) -> None:
 def atomic(path):
     """Yield a temporary name beside `path` (same folder, same ending); rename it to `path` when
     the block completes. On any failure the temporary (file or folder) is removed and `path` is
-    left as it was; an OSError becomes an OutputError naming `path`.
+    left as it was; an OSError becomes an OutputError naming `path` (so a nested block should
+    hold only the writes of its own file: it is renamed first, the outer one last).
     """
     path = Path(path)
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
@@ -84,14 +98,15 @@ def atomic(path):
         yield temporary
         os.replace(temporary, path)
     except BaseException as error:
+        problem = failure(path, error) if isinstance(error, OSError) else None  # while still full
         with contextlib.suppress(OSError):
             if temporary.is_dir():
                 shutil.rmtree(temporary)
             else:
                 temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise failure(path, error) from None
-        raise
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def exits_cleanly(*errors):
@@ -104,7 +119,8 @@ def exits_cleanly(*errors):
     def decorate(main):
         @functools.wraps(main)
         def run(*args, **kwargs):
-            stdout, sys.stdout = sys.stdout, _Stdout(sys.stdout)
+            stdout = sys.stdout
+            sys.stdout = _Stdout(stdout) if stdout is not None else None  # None: fd 1 closed
             try:
                 status = main(*args, **kwargs)
                 sys.stdout.flush()

@@ -8,7 +8,8 @@ outputs are averaged (SPEC.md section 3), thresholded, put back into the origina
 into BraTS labels: ET -> 4, TC but not ET -> 1, WT but not TC -> 2 (nesting enforced). Files are
 `<case id>.nii.gz`, uint8, with the input's affine and header. One case is in memory at a time;
 each file is written under a temporary name and renamed; cases already predicted are skipped
-unless --overwrite; a bad case is reported in one line and skipped.
+unless --overwrite; a bad case is reported in one line and skipped. An output that cannot be
+written (full disk) stops the run with one line; a rerun continues with the unfinished cases.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from brats import CaseError, find_cases, load_case  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
+from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from preprocess import downsampled_shape, preprocess_case, uncrop, upsample  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -163,13 +165,15 @@ def write_labels(labels: np.ndarray, case, path: Path) -> None:
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(labels, case.affine, header)
     image.header.set_slope_inter(1, 0)
-    temporary = path.with_name(f".{path.name[:-7]}.tmp.nii.gz")
-    nib.save(image, str(temporary))
-    os.replace(temporary, path)
+    with atomic(path) as temporary:
+        nib.save(image, str(temporary))
 
 
 def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
-    """Segment one case, write its file(s) and return its label map."""
+    """Segment one case, write its file(s) and return its label map.
+
+    The label map is written last: its presence marks the case finished for a rerun.
+    """
     case = load_case(files)
     case.seg = None
     data = config.data
@@ -177,18 +181,19 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     cropped = np.mean([region_probabilities(n, arrays, args.tta) for n in networks], axis=0)
     probabilities = full_grid(cropped, meta)
     labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
-    write_labels(labels, case, args.output / f"{case.id}.nii.gz")
     if args.save_probabilities:
-        temporary = args.output / f".{case.id}_probabilities.tmp.npz"
-        np.savez_compressed(temporary, probabilities=cropped.astype(np.float16),
-                            crop_offsets=meta["crop_offsets"], downsample=meta["downsample"],
-                            original_shape=meta["original_shape"], regions=np.array(["WT", "TC", "ET"]))
-        os.replace(temporary, args.output / f"{case.id}_probabilities.npz")
+        with atomic(args.output / f"{case.id}_probabilities.npz") as temporary:
+            np.savez_compressed(temporary, probabilities=cropped.astype(np.float16),
+                                crop_offsets=meta["crop_offsets"], downsample=meta["downsample"],
+                                original_shape=meta["original_shape"],
+                                regions=np.array(["WT", "TC", "ET"]))
+    write_labels(labels, case, args.output / f"{case.id}.nii.gz")
     return labels
 
 
 # ---- command line -----------------------------------------------------------------------------
 
+@exits_cleanly(ConfigError, CaseError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -212,21 +217,15 @@ def main(argv: list | None = None) -> int:
     if not args.run and not args.models:
         parser.error("give --run or --models")
     run = args.run or Path(args.models[0]).resolve().parent.parent
-    try:
-        config = load_config(run / "config.yaml")
-        chosen = args.modalities.split(",") if args.modalities else None
-        specs = network_files(run, chosen, args.models)
-        cases = find_cases(args.input)
-    except (ConfigError, CaseError) as error:
-        parser.exit(2, f"error: {error}\n")
+    config = load_config(run / "config.yaml")
+    chosen = args.modalities.split(",") if args.modalities else None
+    specs = network_files(run, chosen, args.models)
+    cases = find_cases(args.input)
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")
-    args.output.mkdir(parents=True, exist_ok=True)
+    check_folder(args.output)
     models = {}
-    try:
-        networks = [load_network(*spec, config, args.precision, models) for spec in specs]
-    except ConfigError as error:
-        parser.exit(2, f"error: {error}\n")
+    networks = [load_network(*spec, config, args.precision, models) for spec in specs]
     print(f"{len(cases)} cases; ensemble of {', '.join(n.name for n in networks)} "
           f"({args.precision}{', flip TTA' if args.tta else ''})")
 

@@ -10,14 +10,15 @@ The cache holds one folder per case with uncompressed .npy files (memory-mappabl
 `<modality>.npy` float32 (H, W, D), `regions.npy` uint8 (H, W, D, 3) when the case has labels, and
 `meta.json` (id, source files, original shape, affine, crop offsets, normalisation, tumour voxels
 lost outside the crop). A case is written under a temporary name and renamed when complete, so an
-interrupted run leaves no half-written case; cases already cached are skipped.
+interrupted run leaves no half-written case; cases already cached are skipped, so a rerun
+continues. A bad case is reported in one line and the batch goes on; a cache that cannot be
+written (full disk) stops the batch with one line.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
+import signal
 import sys
 from dataclasses import dataclass
 from multiprocessing import Pool
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from brats import MODALITIES, Case, CaseError, CaseFiles, find_cases, in_threads, load_case
+from config import ConfigError, DataConfig, load_config
+from outputs import OutputError, atomic, check_folder, exits_cleanly
 
 REGIONS = ("WT", "TC", "ET")
 REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
@@ -202,15 +205,10 @@ def preprocess_case(case: Case, size: tuple, mode: str = "center", factor: int =
 def write_entry(cache: Path, arrays: dict, meta: dict) -> Path:
     """Write one case folder atomically: into a temporary folder, then rename."""
     final = cache / meta["id"]
-    temporary = cache / f".{meta['id']}.tmp-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    try:
+    with atomic(final) as temporary:
+        temporary.mkdir()
         in_threads(lambda item: np.save(temporary / f"{item[0]}.npy", item[1]), list(arrays.items()))
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(temporary, final)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return final
 
 
@@ -227,13 +225,19 @@ class Result:
 
 
 def process_case(files: CaseFiles, cache: Path, size: tuple, mode: str, factor: int = 1) -> Result:
-    """Preprocess and cache one case; never raises, the Result says what happened."""
+    """Preprocess and cache one case; the Result says what happened.
+
+    A bad case is a failed Result and the batch goes on; a cache that cannot be written (full
+    disk, I/O error) raises OutputError and stops the batch, as every later case would fail too.
+    """
     try:
         arrays, meta = preprocess_case(load_case(files), size, mode, factor)
         write_entry(cache, arrays, meta)
     except CaseError as error:
         return Result(files.id, "failed", str(error))
-    except Exception as error:  # a bug or a disk problem: report it, keep the other cases going
+    except OutputError:
+        raise
+    except Exception as error:  # a bug: report it, keep the other cases going
         return Result(files.id, "failed", f"{files.id}: unexpected {type(error).__name__}: {error}")
     lost = meta["wt_voxels_lost"] / meta["wt_voxels"] if meta.get("wt_voxels") else None
     return Result(files.id, "written", wt_lost_share=lost)
@@ -243,9 +247,16 @@ def _process(job: tuple) -> Result:
     return process_case(*job)
 
 
+def _exit_on_sigterm() -> None:
+    """In a pool worker: Pool.terminate (after a full disk) raises SystemExit instead of killing
+    the worker outright, so that the case it was writing removes its temporary folder."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+
+
 def check_cache_settings(cache: Path, size: tuple, mode: str, factor: int = 1) -> None:
-    """A cache holds one crop only: refuse to mix crop sizes or modes in one folder."""
-    settings_file = cache / CACHE_SETTINGS
+    """Check that the cache folder can be written (OutputError if not), and that it holds one
+    crop only: refuse to mix crop sizes or modes in one folder."""
+    settings_file = check_folder(cache) / CACHE_SETTINGS
     wanted = {"crop_size": list(size), "crop_mode": mode, "downsample": factor}
     if settings_file.is_file():
         found = json.loads(settings_file.read_text())
@@ -253,8 +264,8 @@ def check_cache_settings(cache: Path, size: tuple, mode: str, factor: int = 1) -
             raise SystemExit(f"error: {cache} was made with crop {found}; this run asks for "
                              f"{wanted}: use another output folder")
     else:
-        cache.mkdir(parents=True, exist_ok=True)
-        settings_file.write_text(json.dumps(wanted))
+        with atomic(settings_file) as temporary:
+            temporary.write_text(json.dumps(wanted))
 
 
 def report(results: list) -> str:
@@ -281,6 +292,7 @@ def parse_size(text: str) -> tuple:
     return size
 
 
+@exits_cleanly(ConfigError, CaseError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -294,18 +306,11 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     args = parser.parse_args(argv)
 
-    from config import ConfigError, DataConfig, load_config
-    try:
-        data = load_config(args.config).data if args.config else DataConfig()
-    except ConfigError as error:
-        parser.exit(2, f"error: {error}\n")
+    data = load_config(args.config).data if args.config else DataConfig()
     size = args.crop_size or tuple(data.crop_size)
     mode = args.crop or data.crop_mode
     factor = args.downsample or data.downsample
-    try:
-        cases = find_cases(args.input)
-    except CaseError as error:
-        parser.exit(2, f"error: {error}\n")
+    cases = find_cases(args.input)
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found (see SPEC layouts in README)\n")
     check_cache_settings(args.output, size, mode, factor)
@@ -315,16 +320,18 @@ def main(argv: list | None = None) -> int:
     todo = [(c, args.output, size, mode, factor) for c in cases if not is_cached(args.output, c.id)]
     print(f"{len(cases)} cases in {args.input}; {len(todo)} to preprocess into {args.output} "
           f"(crop {'x'.join(map(str, size))}, {mode}" + (f", downsampled x{factor})" if factor > 1 else ")"))
-    pool = Pool(args.jobs) if args.jobs > 1 and len(todo) > 1 else None
+    pool = Pool(args.jobs, _exit_on_sigterm) if args.jobs > 1 and len(todo) > 1 else None
     run = pool.imap_unordered(_process, todo) if pool else map(_process, todo)
-    with tqdm(total=len(todo), desc="preprocess", unit="case") as bar:
-        for result in run:
-            if result.status == "failed":
-                bar.write(f"error: {result.message}", file=sys.stderr)
-            results.append(result)
-            bar.update()
-    if pool:
-        pool.close()
+    try:
+        with tqdm(total=len(todo), desc="preprocess", unit="case") as bar:
+            for result in run:
+                if result.status == "failed":
+                    bar.write(f"error: {result.message}", file=sys.stderr)
+                results.append(result)
+                bar.update()
+    finally:  # also when a full disk stops the batch
+        if pool:
+            pool.terminate()
     print(report(results))
     return 1 if any(r.status == "failed" for r in results) else 0
 

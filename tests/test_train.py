@@ -52,11 +52,14 @@ def run_train(*args, config="configs/small.yaml") -> int:
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, small_cache):
-    """A run of one epoch with plateau patience 1, to resume from."""
+    """A run of one epoch with the paper's plateau schedule at patience 1, to resume from."""
+    import yaml
+
     root = tmp_path_factory.mktemp("resume")
     config = root / "patience1.yaml"
-    config.write_text((ROOT / "configs" / "small.yaml").read_text()
-                      .replace("plateau_patience: 10", "plateau_patience: 1"))
+    values = yaml.safe_load((ROOT / "configs" / "small.yaml").read_text())
+    values["train"].update(schedule="plateau", learning_rate=3e-4, plateau_patience=1)
+    config.write_text(yaml.safe_dump(values))
     assert run_train("--data", small_cache, "--out", root / "run", "--epochs", "1", config=config) == 0
     return root / "run", config
 
@@ -190,3 +193,34 @@ def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
     assert "holds a different run" in expect_error(capsys, *small, "--data", small_cache,
                                                    "--out", tmp_path / "other")
     assert not (tmp_path / "r").exists()
+
+
+def test_cosine_schedule_warms_up_then_decays_to_nearly_zero():
+    from config import TrainConfig
+
+    settings = TrainConfig(epochs=10, learning_rate=1e-3, schedule="cosine", warmup_epochs=1)
+    rates = [train.cosine_rate(epoch, settings) for epoch in range(10)]
+    assert rates[0] == pytest.approx(5e-4)
+    assert max(rates) <= 1e-3 and rates[1] > 0.95e-3
+    assert all(a > b for a, b in zip(rates[1:], rates[2:]))
+    assert 0 < rates[-1] < 1e-5
+
+
+def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state():
+    """The second network reuses the traced model with the first's initial weights and optimizer."""
+    from config import load_config
+
+    config = load_config("configs/small.yaml")
+    shared = {}
+    first = train.compiled_model(config, False, None, None, shared)
+    initial = [w.copy() for w in first.get_weights()]
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 48, 1)).astype(np.float32)
+    y = (x > 1).astype(np.float32).repeat(3, axis=-1)
+    first.fit(x, y, epochs=1, verbose=0)
+    assert int(keras.ops.convert_to_numpy(first.optimizer.iterations)) == 1
+    second = train.compiled_model(config, False, None, None, shared)
+    assert second is first and second.train_function is not None  # traced once
+    assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(second.get_weights(), initial))
+    assert all(not np.any(keras.ops.convert_to_numpy(v)) for v in second.optimizer.variables
+               if "momentum" in v.path or "velocity" in v.path)
