@@ -144,6 +144,7 @@ def test_unknown_backbone_is_a_clear_error():
 
 def test_backbone_weights_from_a_local_file(tmp_path):
     config = config_without_weights("small")
+    config.model.norm_2d = "batch"  # the paper's backbone, BatchNorm statistics included
     reference = een.backbone(config)
     path = tmp_path / "efficientnetb0_notop.weights.h5"
     keras.applications.EfficientNetB0(include_top=False, weights=None,
