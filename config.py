@@ -56,6 +56,7 @@ class ModelConfig:
     norm_2d: str = "batch"  # "batch" (paper) or "group": normalisation of backbone and 2D decoder
     decoder_upsampling: str = "transpose"  # "transpose" (paper) or "resize" (bilinear + conv)
     skip_dropout: float = 0.0  # training: probability of dropping the 3D skips (all together)
+    skip_dropout_levels: tuple = (1, 2, 3)  # which skips it drops: 1 full depth ... 3 deepest
 
 
 @dataclass
@@ -153,6 +154,8 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: model.decoder_upsampling must be transpose or resize")
     if not 0 <= model.skip_dropout < 1:
         raise ConfigError(f"{where}: model.skip_dropout must be in [0, 1)")
+    if not model.skip_dropout_levels or not set(model.skip_dropout_levels) <= {1, 2, 3}:
+        raise ConfigError(f"{where}: model.skip_dropout_levels must be some of 1, 2, 3")
     if model.output_activation not in ("sigmoid", "softmax"):
         raise ConfigError(f"{where}: model.output_activation must be sigmoid or softmax")
     if len(model.encoder_filters) != 4 or len(model.decoder_filters) != 4:

@@ -82,10 +82,11 @@ class GroupNorm(layers.GroupNormalization):
 
 @keras.saving.register_keras_serializable("een")
 class SkipDropout(layers.Layer):
-    """In training, drop all the 3D skips together with probability `rate` (one draw per case).
+    """In training, drop the given 3D skips together with probability `rate` (one draw per case).
 
-    A step without skips must segment through the 2D branch alone, so the decoder cannot learn to
-    ignore it (model.skip_dropout; 0 in the paper). At inference the skips pass unchanged.
+    A step without skips must segment through the 2D branch (and the skips not given), so the
+    decoder cannot learn to ignore the branch (model.skip_dropout and skip_dropout_levels; 0 in
+    the paper). At inference the skips pass unchanged.
     Inputs and outputs: a list of 3D skip maps (B, H, W, D_i, F_i).
     """
 
@@ -259,7 +260,10 @@ def build_model(config: Config, norm=GroupNorm, skips_3d: bool = True) -> keras.
     inputs = keras.Input((*config.data.crop_size, m.channels), name="volume")
     image, skips = depth_encoder(inputs, config, norm)
     if m.skip_dropout > 0:
-        skips = SkipDropout(m.skip_dropout, seed=config.train.seed, name="skip_dropout")(skips)
+        chosen = [level - 1 for level in sorted(m.skip_dropout_levels)]
+        dropped = SkipDropout(m.skip_dropout, seed=config.train.seed, name="skip_dropout")(
+            [skips[i] for i in chosen])
+        skips = [dropped[chosen.index(i)] if i in chosen else s for i, s in enumerate(skips)]
     if m.backbone_input_scale != 1:
         image = layers.Rescaling(m.backbone_input_scale, name="backbone_input_scale")(image)
     decoded = decoder_2d(backbone(config)(image), config)

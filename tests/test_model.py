@@ -253,3 +253,20 @@ def test_model_without_3d_skips_has_the_same_weights():
     assert full.count_params() == no_skips.count_params()
     assert "dec3d_1_skip" in [l.name for l in full.layers]
     assert not any(l.name.endswith("_skip") for l in no_skips.layers)
+
+
+def test_skip_dropout_levels_choose_which_skips_can_be_dropped():
+    network = een.build_model(small_config(skip_dropout=0.5, skip_dropout_levels=(2, 3)))
+    dropout = network.get_layer("skip_dropout")
+    assert [tuple(t.shape[1:]) for t in dropout.input] == [(64, 64, 24, 16), (64, 64, 12, 32)]
+    full_depth_skip = network.get_layer("dec3d_3_skip").input[1]
+    assert full_depth_skip._keras_history.operation.name == "enc1_add"  # never dropped
+    with pytest.raises(ConfigError, match="skip_dropout_levels"):
+        een.build_model(load_config_with(skip_dropout_levels=[4]))
+
+
+def load_config_with(**model):
+    from config import config_from_dict
+
+    return config_from_dict({"data": {"crop_size": [64, 64, 48]},
+                             "model": {"depth_factors": [2, 2, 4], **model}})
