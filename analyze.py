@@ -164,11 +164,10 @@ def analyze_run(run: Path, data: Path | None = None, names: list | None = None) 
     """The reports of every (or the named) network of `run` on its held-out cases."""
     config = load_config(run / "config.yaml")
     split = json.loads((run / "split.json").read_text())
-    cache = Cache(data or split["cache"])
-    ids = [i for i in split["validation"] if i in cache.ids] or split["validation"]
     if not split["validation"]:
         raise ConfigError(f"{run}: the run has no held-out cases (train.validation_fraction 0)")
-    return [analyze_network(name, folder, config, cache, ids)
+    cache = Cache(data or split["cache"])
+    return [analyze_network(name, folder, config, cache, split["validation"])
             for name, folder in network_folders(run, names).items()]
 
 

@@ -261,9 +261,9 @@ def build_model(config: Config, norm=GroupNorm, skips_3d: bool = True) -> keras.
     image, skips = depth_encoder(inputs, config, norm)
     if m.skip_dropout > 0:
         chosen = [level - 1 for level in sorted(m.skip_dropout_levels)]
-        dropped = SkipDropout(m.skip_dropout, seed=config.train.seed, name="skip_dropout")(
-            [skips[i] for i in chosen])
-        skips = [dropped[chosen.index(i)] if i in chosen else s for i, s in enumerate(skips)]
+        dropout = SkipDropout(m.skip_dropout, seed=config.train.seed, name="skip_dropout")
+        dropped = dict(zip(chosen, dropout([skips[i] for i in chosen])))
+        skips = [dropped.get(i, skip) for i, skip in enumerate(skips)]
     if m.backbone_input_scale != 1:
         image = layers.Rescaling(m.backbone_input_scale, name="backbone_input_scale")(image)
     decoded = decoder_2d(backbone(config)(image), config)
