@@ -1,15 +1,29 @@
-"""Score predicted label maps the way the BraTS 2020 online evaluation does (SPEC.md section 5).
+"""Score predicted label maps by the BraTS 2020 online evaluation (SPEC.md section 5) or by the
+lesion-wise rules of BraTS 2023/2024 (section 7, lesionwise.py).
 
     python evaluate.py predictions/ MICCAI_BraTS2020_ValidationData_ground_truth/ --out results.csv
+    python evaluate.py predictions/ BraTS2023-GLI-ground-truth/ --convention brats2023-gli
 
-Per case and region (WT, TC, ET): Dice, Hausdorff95 in mm (from the voxel spacing), sensitivity
-and specificity. Empty regions follow CaPTk: both empty -> Dice 1, Hausdorff95 0, sensitivity 1,
-specificity 1; exactly one empty -> Dice 0 and Hausdorff95 373.13 (the diagonal of 240x240x155).
-Sensitivity is 1 when the ground truth region is empty (nothing to miss). A missing or
-misaligned prediction scores Dice 0, Hausdorff95 373.13, sensitivity 0 and specificity 0, and is
-named in the report. The CSV has the portal's layout: one row per case, then Mean, StdDev
-(population, ddof 0), Median, 25quantile and 75quantile. --out is checked before any scoring, and
-the table is printed before the CSV is written, so it is on screen even when writing fails.
+--convention brats2020 (the default), per case and region (WT, TC, ET): Dice, Hausdorff95 in mm
+(from the voxel spacing), sensitivity and specificity. Empty regions follow CaPTk: both empty ->
+Dice 1, Hausdorff95 0, sensitivity 1, specificity 1; exactly one empty -> Dice 0 and Hausdorff95
+373.13 (the diagonal of 240x240x155). Sensitivity is 1 when the ground truth region is empty
+(nothing to miss). A missing or misaligned prediction scores Dice 0, Hausdorff95 373.13,
+sensitivity 0 and specificity 0, and is named in the report. The CSV has the portal's layout: one
+row per case, then Mean, StdDev (population, ddof 0), Median, 25quantile and 75quantile.
+
+A lesion-wise convention (brats2023-gli, -ssa, -ped, -men, -met, brats2024-gli, -ped, -met)
+reports per region the lesion-wise Dice and HD95, the legacy whole-region Dice and HD95,
+sensitivity, specificity and the numbers of true-positive, false-positive and false-negative
+lesions; its CSV starts with a `# convention:` line naming the edition and its parameters. A
+missing or unusable prediction misses every lesion and gets the worst scores.
+
+Label codings (ET = 4 of BraTS 2017-2021, ET = 3 of 2023+, BraTS 2024 PED's own) are recognised
+per file: ground truth from its layout (`_seg` 2020 coding, `-seg` the edition's), files named
+after their case and predictions from the labels they hold; --pred-coding and --gt-coding state
+them. A prediction whose labels fit no coding, or not the stated one, is named and penalised.
+--out is checked before any scoring, and the table is printed before the CSV is written, so it is
+on screen even when writing fails.
 """
 from __future__ import annotations
 
@@ -20,61 +34,22 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
-from scipy import ndimage
 
-from brats import CaseError, find_label_files, read_labels
+import lesionwise
+from brats import CaseError, convert_labels, find_label_files, read_nifti, strip_nii
+from codings import CODINGS, REGIONS, CodingError, check_fits, label_values, recognise, region_masks
+from metrics import dice, hausdorff95, sensitivity, specificity
 from outputs import atomic, check_file, exits_cleanly
 
-REGIONS = ("ET", "WT", "TC")  # the portal's column order
-REGION_LABELS = {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)}
 METRICS = ("Dice", "Sensitivity", "Specificity", "Hausdorff95")
 EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.1287...
 STATISTICS = ("Mean", "StdDev", "Median", "25quantile", "75quantile")
+BRATS2020 = "brats2020: BraTS 2020 online evaluation (CaPTk), whole-region"
+CONVENTIONS = ("brats2020", *lesionwise.CONVENTIONS)
 
 
-# ---- metrics on binary masks ------------------------------------------------------------------
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = np.count_nonzero(prediction) + np.count_nonzero(truth)
-    return 2 * np.count_nonzero(prediction & truth) / total if total else 1.0
-
-
-def sensitivity(prediction: np.ndarray, truth: np.ndarray) -> float:
-    positives = np.count_nonzero(truth)
-    return np.count_nonzero(prediction & truth) / positives if positives else 1.0
-
-
-def specificity(prediction: np.ndarray, truth: np.ndarray) -> float:
-    negatives = truth.size - np.count_nonzero(truth)
-    false_positives = np.count_nonzero(prediction & ~truth)
-    return (negatives - false_positives) / negatives if negatives else 1.0
-
-
-def _surface_distances(a: np.ndarray, b: np.ndarray, spacing: tuple) -> np.ndarray:
-    """Distances (mm) from the surface voxels of a to the nearest surface voxel of b.
-
-    Surfaces as MedPy defines them: a mask minus its erosion with the 6-neighbourhood.
-    """
-    structure = ndimage.generate_binary_structure(a.ndim, 1)
-    a_surface = a ^ ndimage.binary_erosion(a, structure, iterations=1)
-    b_surface = b ^ ndimage.binary_erosion(b, structure, iterations=1)
-    return ndimage.distance_transform_edt(~b_surface, sampling=spacing)[a_surface]
-
-
-def hausdorff95(prediction: np.ndarray, truth: np.ndarray, spacing: tuple) -> float:
-    """95th percentile of the symmetric surface distances (mm); both masks must be non-empty.
-
-    Computed inside the masks' common bounding box (with a margin), which gives MedPy's result
-    on the full volume in a fraction of the time.
-    """
-    union = prediction | truth
-    box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in ndimage.find_objects(union.astype(np.uint8))[0])
-    p, t = prediction[box], truth[box]
-    distances = np.hstack([_surface_distances(p, t, spacing), _surface_distances(t, p, spacing)])
-    return float(np.percentile(distances, 95))
-
+# ---- BraTS 2020 rules -------------------------------------------------------------------------
 
 def region_scores(prediction: np.ndarray, truth: np.ndarray, spacing: tuple) -> dict:
     """Dice, Hausdorff95, sensitivity and specificity of one region with the BraTS empty rules."""
@@ -91,14 +66,93 @@ def penalty_scores() -> dict:
     return {"Dice": 0.0, "Hausdorff95": EMPTY_HD95, "Sensitivity": 0.0, "Specificity": 0.0}
 
 
-def case_scores(prediction: np.ndarray, truth: np.ndarray, spacing: tuple) -> dict:
-    """{"Dice_ET": ..., ...} for one case from two BraTS label maps."""
+def case_scores(prediction: dict, truth: dict, spacing: tuple) -> dict:
+    """{"Dice_ET": ..., ...} for one case from region masks {"ET", "WT", "TC"} -> bool (X, Y, Z)."""
     row = {}
     for region in REGIONS:
-        labels = REGION_LABELS[region]
-        scores = region_scores(np.isin(prediction, labels), np.isin(truth, labels), spacing)
+        scores = region_scores(prediction[region], truth[region], spacing)
         row.update({f"{metric}_{region}": scores[metric] for metric in METRICS})
     return row
+
+
+# ---- conventions and codings ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scoring:
+    """Which rules score the cases and how the label maps are coded ("auto": recognised)."""
+
+    convention: str = "brats2020"
+    pred_coding: str = "auto"
+    gt_coding: str = "auto"
+
+    @property
+    def lesion_wise(self) -> lesionwise.Convention | None:
+        return lesionwise.CONVENTIONS.get(self.convention)
+
+    @property
+    def native(self) -> str:
+        """The label coding of the convention's own edition."""
+        return self.lesion_wise.coding if self.lesion_wise else "brats2020"
+
+    @property
+    def candidates(self) -> tuple:
+        return tuple(dict.fromkeys((self.native, "brats2020", "brats2023")))
+
+    def describe(self) -> str:
+        return self.lesion_wise.describe() if self.lesion_wise else BRATS2020
+
+    def columns(self) -> list:
+        if self.lesion_wise:
+            return lesionwise.columns()
+        return [f"{m}_{r}" for m in METRICS for r in REGIONS]
+
+
+def read_label_map(path: Path, what: str) -> tuple:
+    """(NIfTI image, integer labels as stored) of a label map; CaseError for non-integer values."""
+    img, data = read_nifti(path, what)
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
+            raise CaseError(f"{what}: {path.name} holds non-integer or non-finite labels")
+        data = data.astype(np.int64)
+    return img, data
+
+
+def _layout_coding(case_id: str, truth_file: tuple, values: tuple, scoring: Scoring) -> str:
+    """The coding of a ground truth none is stated for: `_seg` files 2020, `-seg` files the
+    edition's, a file named after its case (no layout to go by) recognised from its values."""
+    path, layout = truth_file
+    if strip_nii(path.name) == case_id:
+        return recognise(values, scoring.candidates, scoring.native)[0]
+    if layout == "brats2023":
+        return scoring.native if scoring.native != "brats2020" else "brats2023"
+    return "brats2020"
+
+
+def truth_masks(case_id: str, truth_file: tuple, scoring: Scoring) -> tuple:
+    """(region masks, NIfTI image) of a ground truth, in the coding its layout or values give."""
+    path, layout = truth_file
+    img, data = read_label_map(path, case_id)
+    coding = scoring.gt_coding
+    if coding == "auto" and layout == "msd":
+        data, coding = convert_labels(data, "msd", f"{case_id}: {path.name}"), "brats2020"
+    values = label_values(data)
+    try:
+        if coding == "auto":
+            coding = _layout_coding(case_id, truth_file, values, scoring)
+        check_fits(values, coding)
+    except CodingError as error:
+        raise CaseError(f"{case_id}: {path.name}: {error}") from None
+    return region_masks(data, coding), img
+
+
+def prediction_masks(data: np.ndarray, scoring: Scoring) -> tuple:
+    """(region masks, note) of a prediction; CodingError when its labels fit no usable coding."""
+    values = label_values(data)
+    if scoring.pred_coding != "auto":
+        check_fits(values, scoring.pred_coding)
+        return region_masks(data, scoring.pred_coding), ""
+    coding, note = recognise(values, scoring.candidates, scoring.native)
+    return region_masks(data, coding), note
 
 
 # ---- one case, many cases ---------------------------------------------------------------------
@@ -108,25 +162,43 @@ class Scored:
     id: str
     row: dict
     problem: str = ""  # why the case got the penalty, if it did
+    note: str = ""  # how an ambiguous prediction was read
 
 
-def score_case(case_id: str, truth_file: tuple, prediction_dir: Path) -> Scored:
-    truth, truth_img = read_labels(truth_file[0], truth_file[1], case_id)
-    spacing = tuple(float(v) for v in truth_img.header.get_zooms()[:3])
-    path = next((prediction_dir / f"{case_id}{s}" for s in (".nii.gz", ".nii")
+def find_prediction(case_id: str, prediction_dir: Path) -> Path | None:
+    return next((prediction_dir / f"{case_id}{s}" for s in (".nii.gz", ".nii")
                  if (prediction_dir / f"{case_id}{s}").is_file()), None)
-    penalty = {f"{m}_{r}": penalty_scores()[m] for r in REGIONS for m in METRICS}
+
+
+def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
+               scoring: Scoring = Scoring()) -> Scored:
+    truth, truth_img = truth_masks(case_id, truth_file, scoring)
+    spacing = tuple(float(v) for v in truth_img.header.get_zooms()[:3])
+    convention = scoring.lesion_wise
+
+    def penalised(problem: str) -> Scored:
+        if convention:
+            return Scored(case_id, lesionwise.penalty_scores(truth, spacing, convention), problem)
+        return Scored(case_id, {f"{m}_{r}": penalty_scores()[m] for r in REGIONS for m in METRICS},
+                      problem)
+
+    path = find_prediction(case_id, prediction_dir)
     if path is None:
-        return Scored(case_id, penalty, "no prediction")
+        return penalised("no prediction")
     try:
-        prediction, prediction_img = read_labels(path, "brats2020", case_id)
+        prediction_img, labels = read_label_map(path, case_id)
+        prediction, note = prediction_masks(labels, scoring)
     except CaseError as error:
-        return Scored(case_id, penalty, str(error).split(": ", 1)[-1])
-    if prediction.shape != truth.shape or not np.allclose(prediction_img.affine, truth_img.affine,
-                                                          atol=1e-3):
-        return Scored(case_id, penalty, f"{path.name} is misaligned with the ground truth "
-                                        f"(shape {prediction.shape} vs {truth.shape} or affine)")
-    return Scored(case_id, case_scores(prediction, truth, spacing))
+        return penalised(str(error).split(": ", 1)[-1])
+    except CodingError as error:
+        return penalised(f"{path.name}: {error}")
+    shape = truth["WT"].shape
+    if labels.shape != shape or not np.allclose(prediction_img.affine, truth_img.affine, atol=1e-3):
+        return penalised(f"{path.name} is misaligned with the ground truth "
+                         f"(shape {labels.shape} vs {shape} or affine)")
+    if convention:
+        return Scored(case_id, lesionwise.case_scores(prediction, truth, spacing, convention), note=note)
+    return Scored(case_id, case_scores(prediction, truth, spacing), note=note)
 
 
 def statistics(rows: list) -> dict:
@@ -139,33 +211,51 @@ def statistics(rows: list) -> dict:
     return {name: dict(zip(columns, summary[name])) for name in STATISTICS}
 
 
-def columns() -> list:
-    return [f"{m}_{r}" for m in METRICS for r in REGIONS]
-
-
-def write_csv(results: list, summary: dict, path: Path) -> None:
-    """Portal layout, written through a temporary file."""
+def write_csv(results: list, summary: dict, path: Path, scoring: Scoring = Scoring()) -> None:
+    """Portal layout, written through a temporary file; a lesion-wise CSV first names its
+    convention on a `# convention: ...` line (the brats2020 file stays the portal's, byte for
+    byte comparable)."""
+    columns = scoring.columns()
     with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
+        if scoring.lesion_wise:
+            handle.write(f"# convention: {scoring.describe()}\n")
         writer = csv.writer(handle)
-        writer.writerow(["Label", *columns()])
+        writer.writerow(["Label", *columns])
         for result in results:
-            writer.writerow([result.id, *(f"{result.row[c]:.6f}" for c in columns())])
+            writer.writerow([result.id, *(f"{result.row[c]:.6f}" for c in columns)])
         for name, row in summary.items():
-            writer.writerow([name, *(f"{row[c]:.6f}" for c in columns())])
+            writer.writerow([name, *(f"{row[c]:.6f}" for c in columns)])
 
 
-def table(summary: dict) -> str:
-    """Mean, StdDev and Median of Dice (%) and Hausdorff95 (mm), as the paper's Table 2."""
-    lines = [f"{'':8s}" + "".join(f"{'Dice ' + r:>10s}" for r in ("ET", "WT", "TC"))
-             + "".join(f"{'HD95 ' + r:>10s}" for r in ("ET", "WT", "TC"))]
+def _block(summary: dict, title: str, dice_column: str, hd95_column: str) -> list:
+    """Mean, StdDev and Median of one Dice (%) and HD95 (mm) pair of columns, per region."""
+    regions = ("ET", "WT", "TC")
+    lines = [f"{title:8s}" + "".join(f"{'Dice ' + r:>10s}" for r in regions)
+             + "".join(f"{'HD95 ' + r:>10s}" for r in regions)]
     for name in ("Mean", "StdDev", "Median"):
         row = summary[name]
-        lines.append(f"{name:8s}" + "".join(f"{100 * row[f'Dice_{r}']:10.2f}" for r in ("ET", "WT", "TC"))
-                     + "".join(f"{row[f'Hausdorff95_{r}']:10.2f}" for r in ("ET", "WT", "TC")))
+        lines.append(f"{name:8s}" + "".join(f"{100 * row[f'{dice_column}_{r}']:10.2f}" for r in regions)
+                     + "".join(f"{row[f'{hd95_column}_{r}']:10.2f}" for r in regions))
+    return lines
+
+
+def table(summary: dict, scoring: Scoring = Scoring(), rows: list = ()) -> str:
+    """The convention, then Mean, StdDev and Median of Dice (%) and Hausdorff95 (mm) as the
+    paper's Table 2; for a lesion-wise convention also the legacy scores and lesion counts."""
+    lines = [f"convention {scoring.describe()}"]
+    if not scoring.lesion_wise:
+        return "\n".join(lines + _block(summary, "", "Dice", "Hausdorff95"))
+    lines += _block(summary, "lesion", "LesionWise_Dice", "LesionWise_HD95")
+    lines += _block(summary, "legacy", "Legacy_Dice", "Legacy_HD95")
+    totals = {c: int(sum(r[c] for r in rows)) for c in lesionwise.columns() if c.startswith("Num_")}
+    lines.append("lesions  " + "; ".join(
+        f"{r} {totals[f'Num_TP_{r}']} TP, {totals[f'Num_FP_{r}']} FP, {totals[f'Num_FN_{r}']} FN"
+        for r in ("ET", "WT", "TC")))
     return "\n".join(lines)
 
 
-def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True) -> list:
+def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True,
+             scoring: Scoring = Scoring()) -> list:
     """Score every ground-truth case; a case whose ground truth cannot be read is skipped."""
     truths = find_label_files(truth_dir)
     if not truths:
@@ -176,7 +266,7 @@ def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True) -> li
     for case_id, truth_file in tqdm(sorted(truths.items()), desc="evaluate", unit="case",
                                     disable=not progress):
         try:
-            results.append(score_case(case_id, truth_file, prediction_dir))
+            results.append(score_case(case_id, truth_file, prediction_dir, scoring))
         except CaseError as error:
             print(f"error: ground truth {error}; case skipped", file=sys.stderr)
     return results
@@ -190,19 +280,29 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("predictions", type=Path, help="folder of <case id>.nii.gz label maps")
     parser.add_argument("ground_truth", type=Path, help="ground-truth folder, any BraTS layout")
     parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV to write")
+    parser.add_argument("--convention", choices=CONVENTIONS, default="brats2020",
+                        help="scoring rules and edition (default brats2020, the 2020 portal)")
+    codings = ["auto", *CODINGS]
+    parser.add_argument("--pred-coding", choices=codings, default="auto",
+                        help="label coding of the predictions (default: recognised per file)")
+    parser.add_argument("--gt-coding", choices=codings, default="auto",
+                        help="label coding of the ground truth (default: from its layout)")
     args = parser.parse_args(argv)
+    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding)
     if not args.predictions.is_dir():
         parser.exit(2, f"error: {args.predictions}: not a folder\n")
     check_file(args.out)
-    results = evaluate(args.predictions, args.ground_truth)
+    results = evaluate(args.predictions, args.ground_truth, scoring=scoring)
     if not results:
         parser.exit(2, "error: no case could be scored\n")
     summary = statistics([r.row for r in results])
     for result in results:
         if result.problem:
             print(f"penalised: {result.id}: {result.problem}")
-    print(table(summary), flush=True)  # on screen even when the CSV cannot be written
-    write_csv(results, summary, args.out)
+        elif result.note:
+            print(f"note: {result.id}: {result.note}")
+    print(table(summary, scoring, [r.row for r in results]), flush=True)  # before the CSV
+    write_csv(results, summary, args.out, scoring)
     print(f"{len(results)} cases scored, {sum(bool(r.problem) for r in results)} penalised; "
           f"wrote {args.out}")
     return 0
