@@ -33,10 +33,18 @@ class DataConfig:
     modalities: tuple = MODALITIES
 
 
+FAMILIES = ("een", "kermi2018", "unet3d_patches", "bennaceur2020")  # families.py's registry
+
+
 @dataclass
 class ModelConfig:
-    """The embedding network (SPEC.md section 2). The spatial input shape is data.crop_size."""
+    """The embedding network (SPEC.md section 2). The spatial input shape is data.crop_size.
 
+    `family` picks the system (families.py); every other field here is the EEN's. A baseline
+    family takes its settings from its own section (KermiConfig, UNet3DConfig, BennaceurConfig).
+    """
+
+    family: str = "een"  # een | kermi2018 | unet3d_patches | bennaceur2020
     channels: int = 1
     depth_factors: tuple = (3, 3, 4)
     downsampling: str = "strided"  # "strided" (authors' code) or "maxpool" (paper's conclusion)
@@ -57,6 +65,12 @@ class ModelConfig:
     decoder_upsampling: str = "transpose"  # "transpose" (paper) or "resize" (bilinear + conv)
     skip_dropout: float = 0.0  # training: probability of dropping the 3D skips (all together)
     skip_dropout_levels: tuple = (1, 2, 3)  # which skips it drops: 1 full depth ... 3 deepest
+    skip_dropout_decay_epochs: int = 0  # > 0: the rate falls linearly to skip_dropout_final
+    skip_dropout_final: float = 0.0  # the rate from epoch skip_dropout_decay_epochs on
+    # Training memory (README, "Training memory"): the 3D levels listed (1 full depth D, 2 D/f1,
+    # 3 D/(f1 f2), 4 depth 3; each a residual block with its strided or upsampling step, encoder and
+    # decoder alike) recompute their inner maps in the backward pass instead of keeping them
+    remat_levels: tuple = ()
 
 
 @dataclass
@@ -78,14 +92,79 @@ class TrainConfig:
 
 
 @dataclass
+class KermiConfig:
+    """Kermi et al. 2018, 2D residual U-Net on axial patches (BASELINES.md section 1)."""
+
+    patch_size: int = 128  # square axial training patch
+    filters: int = 64  # width of the first level (64 in the paper; x2 per level)
+    patches_per_slice: float = 3.0  # patches drawn per case = this x slices of the crop
+    noise_stddev: float = 0.01  # GaussianNoise on the input (training only)
+    class_weights: tuple = (1.0, 5.0, 2.0, 4.0)  # weighted CE, classes 0, 1, 2, 4
+    gdl_weight_cap: float = 0.0  # 0: GDL class weights 1/(r^2 + 1e-7) uncapped (faithful)
+    learning_rate: float = 0.08  # SGD momentum 0.9; divided by 10 at every epoch start
+    decay: float = 5e-6  # Keras-2 per-iteration decay; multiplied by 10 at every epoch start
+    flip: bool = True  # left-right flip of patch and labels with probability 0.5
+    percentiles: tuple = (1.0, 99.0)  # per-slice clip before the z-score
+
+
+@dataclass
+class UNet3DConfig:
+    """3D U-Net on random sub-volumes, MSD Task01 (BASELINES.md section 2)."""
+
+    patch_size: tuple = (160, 160, 16)  # sub-volume H, W, D (each a multiple of 8, H == W)
+    filters: int = 32  # width of the first level (x2 per level)
+    patches_per_case: int = 10
+    background_limit: float = 0.95  # a sub-volume is kept if its non-tumour share is below this
+    max_tries: int = 1000  # corners drawn per sub-volume before the case is skipped
+    augment: bool = True  # spatial flip, rot90 in H-W, intensity x U(0.9, 1.1)
+    learning_rate: float = 1e-5  # Adam
+    plateau_factor: float = 0.2  # ReduceLROnPlateau(val_loss)
+    plateau_patience: int = 10
+    min_learning_rate: float = 1e-6
+    early_stopping_patience: int = 20  # EarlyStopping(val_loss, restore best weights)
+    threshold: float = 0.5  # inference threshold of each sigmoid output (published path: 0.9)
+
+
+@dataclass
+class BennaceurConfig:
+    """Ben naceur et al. 2020, selective attention on 2D patches (BASELINES.md section 3)."""
+
+    variant: str = "input_sparse"  # input_sparse (130,180), sparse (127,876) or dense (181,124)
+    patch_size: int = 64
+    stride: int = 32  # grid of training patches over each axial slice; no-brain patches dropped
+    class_weights: tuple = (0.28, 0.08, 0.43, 0.21)  # weighted CE, classes 0, 1, 2, 4
+    learning_rate: float = 1e-3  # SGD Nesterov 0.9, x lr_decay per epoch
+    lr_decay: float = 0.99
+    early_stopping_patience: int = 10  # EarlyStopping(val_loss)
+    percentiles: tuple = (1.0, 99.0)  # per-slice clip (published code: both bounds at 1st, a bug)
+    min_component: int = 110  # post-processing 1: 8-connected tumour components below this go
+    opening: bool = True  # post-processing 2: grey opening with the 3x3 cross per slice
+
+
+BASELINE_SECTIONS = {"kermi2018": KermiConfig, "unet3d_patches": UNet3DConfig,
+                     "bennaceur2020": BennaceurConfig}
+EEN_ONLY_TRAIN = ("optimizer", "learning_rate", "plateau_factor", "plateau_patience", "schedule",
+                  "warmup_epochs", "dice_per_channel", "augment")
+
+
+@dataclass
 class Config:
     name: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    kermi2018: KermiConfig = field(default_factory=KermiConfig)
+    unet3d_patches: UNet3DConfig = field(default_factory=UNet3DConfig)
+    bennaceur2020: BennaceurConfig = field(default_factory=BennaceurConfig)
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        """Plain values of the settings model.family reads (what save_config writes)."""
+        values = _plain(dataclasses.asdict(self))
+        if self.model.family != "een":
+            values["model"] = {"family": self.model.family}
+            values["train"] = {k: v for k, v in values["train"].items() if k not in EEN_ONLY_TRAIN}
+        return {k: v for k, v in values.items()
+                if k not in BASELINE_SECTIONS or k == self.model.family}
 
 
 def _plain(value):
@@ -128,6 +207,13 @@ def validate(config: Config, where: str = "config") -> Config:
     data, model, train = config.data, config.model, config.train
     if len(data.crop_size) != 3 or any(int(s) < 1 for s in data.crop_size):
         raise ConfigError(f"{where}: data.crop_size must be three positive sizes, got {data.crop_size}")
+    if model.family not in FAMILIES:
+        raise ConfigError(f"{where}: model.family: unknown family {model.family!r} "
+                          f"(known: {', '.join(FAMILIES)})")
+    if not 0 <= train.validation_fraction < 1:
+        raise ConfigError(f"{where}: train.validation_fraction must be in [0, 1)")
+    if model.family != "een":
+        return validate_baseline(config, where)
     height, width, depth = data.crop_size
     if height % 32 or width % 32:
         raise ConfigError(f"{where}: data.crop_size {height}x{width} in-plane must be multiples of "
@@ -156,6 +242,12 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: model.skip_dropout must be in [0, 1)")
     if not model.skip_dropout_levels or not set(model.skip_dropout_levels) <= {1, 2, 3}:
         raise ConfigError(f"{where}: model.skip_dropout_levels must be some of 1, 2, 3")
+    if not set(model.remat_levels) <= {1, 2, 3, 4}:
+        raise ConfigError(f"{where}: model.remat_levels must be some of 1, 2, 3, 4 (depth levels)")
+    if model.skip_dropout_decay_epochs < 0:
+        raise ConfigError(f"{where}: model.skip_dropout_decay_epochs must be 0 or more")
+    if not 0 <= model.skip_dropout_final <= model.skip_dropout:
+        raise ConfigError(f"{where}: model.skip_dropout_final must be in [0, skip_dropout]")
     if model.output_activation not in ("sigmoid", "softmax"):
         raise ConfigError(f"{where}: model.output_activation must be sigmoid or softmax")
     if len(model.encoder_filters) != 4 or len(model.decoder_filters) != 4:
@@ -166,17 +258,77 @@ def validate(config: Config, where: str = "config") -> Config:
         raise ConfigError(f"{where}: train.optimizer must be nadam or adam")
     if train.schedule not in ("plateau", "cosine"):
         raise ConfigError(f"{where}: train.schedule must be plateau or cosine")
-    if not 0 <= train.validation_fraction < 1:
-        raise ConfigError(f"{where}: train.validation_fraction must be in [0, 1)")
     return config
+
+
+def validate_baseline(config: Config, where: str) -> Config:
+    """The checks of a baseline family: four modalities in order, patches that fit the crop."""
+    family, data = config.model.family, config.data
+    section = getattr(config, family)
+    if tuple(data.modalities) != MODALITIES:
+        raise ConfigError(f"{where}: data.modalities: {family} reads all four modalities as "
+                          f"channels in the order {', '.join(MODALITIES)}")
+    height, width, depth = data.crop_size
+    if family == "unet3d_patches":
+        patch = tuple(section.patch_size)
+        if len(patch) != 3 or any(s < 8 or s % 8 for s in patch) or patch[0] != patch[1]:
+            raise ConfigError(f"{where}: unet3d_patches.patch_size must be three multiples of 8 "
+                              f"with H == W (three poolings, rot90), got {list(patch)}")
+        if any(p > c for p, c in zip(patch, data.crop_size)):
+            raise ConfigError(f"{where}: unet3d_patches.patch_size {list(patch)} exceeds "
+                              f"data.crop_size {list(data.crop_size)}")
+        if not 0 < section.threshold < 1 or not 0 < section.background_limit <= 1:
+            raise ConfigError(f"{where}: unet3d_patches.threshold must be in (0, 1) and "
+                              f"background_limit in (0, 1]")
+        return config
+    levels = {"kermi2018": 8, "bennaceur2020": 4}[family]  # input halved 3 or 2 times
+    if section.patch_size % levels or section.patch_size > min(height, width):
+        raise ConfigError(f"{where}: {family}.patch_size {section.patch_size} must be a multiple "
+                          f"of {levels} and fit data.crop_size {height}x{width}")
+    if len(section.class_weights) != 4:
+        raise ConfigError(f"{where}: {family}.class_weights needs four entries "
+                          f"(classes 0, 1, 2, 4)")
+    low, high = section.percentiles
+    if not 0 <= low < high <= 100:
+        raise ConfigError(f"{where}: {family}.percentiles must be two values "
+                          f"0 <= low < high <= 100")
+    if family == "bennaceur2020" and section.variant not in ("input_sparse", "sparse", "dense"):
+        raise ConfigError(f"{where}: bennaceur2020.variant must be input_sparse, sparse or dense, "
+                          f"got {section.variant!r}")
+    if family == "bennaceur2020" and section.stride < 1:
+        raise ConfigError(f"{where}: bennaceur2020.stride must be at least 1")
+    return config
+
+
+def check_family_keys(values: dict, where: str) -> None:
+    """One line for a YAML mixing families: EEN keys for a baseline, another family's section."""
+    model = values.get("model") or {}
+    family = model.get("family", "een") if isinstance(model, dict) else "een"
+    for key in BASELINE_SECTIONS:
+        if key in values and key != family:
+            raise ConfigError(f"{where}: section {key} belongs to model.family {key}, "
+                              f"but model.family is {family}")
+    if family == "een" or family not in FAMILIES:
+        return
+    een_model = sorted(set(model) - {"family"})
+    if een_model:
+        raise ConfigError(f"{where}: model.{een_model[0]} is an EEN setting; model.family "
+                          f"{family} takes its settings from the {family} section")
+    train = values.get("train") or {}
+    een_train = sorted(set(train) & set(EEN_ONLY_TRAIN)) if isinstance(train, dict) else []
+    if een_train:
+        raise ConfigError(f"{where}: train.{een_train[0]} is an EEN setting; model.family "
+                          f"{family} takes it from the {family} section")
 
 
 def config_from_dict(values: dict, where: str = "config") -> Config:
     values = dict(values or {})
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, **BASELINE_SECTIONS}
     unknown = sorted(set(values) - set(sections) - {"name"})
     if unknown:
-        raise ConfigError(f"{where}: unknown key {', '.join(unknown)} (known: name, data, model, train)")
+        raise ConfigError(f"{where}: unknown key {', '.join(unknown)} "
+                          f"(known: name, {', '.join(sections)})")
+    check_family_keys(values, where)
     config = Config(
         name=str(values.get("name", Path(where).stem)),
         **{key: _section(cls, values.get(key) or {}, f"{where}: {key}")

@@ -104,8 +104,8 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo"))
     parser.add_argument("--train-cases", type=int, default=24)
     parser.add_argument("--validation-cases", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=10,
-                        help="epochs per network (default 10: the demo's 15-minute CPU budget)")
+    parser.add_argument("--epochs", type=int, default=12,
+                        help="epochs per network (default 12: the demo's 15-minute CPU budget)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = check_folder(args.out)

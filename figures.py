@@ -31,10 +31,12 @@ def save(figure, path: str | Path, dpi: int = 100) -> Path:
 
 
 def read_history(path: str | Path) -> dict:
-    """Columns of a Keras CSVLogger file as float arrays."""
+    """Columns of a Keras CSVLogger file as float arrays (NaN where a value is missing: CSVLogger
+    writes NA in the val_ columns of a run without validation cases)."""
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return {key: np.array([float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows])
+    return {key: np.array([float(r[key]) if r[key] not in ("", "nan", "NA") else np.nan
+                           for r in rows])
             for key in (rows[0] if rows else {})}
 
 

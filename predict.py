@@ -4,12 +4,19 @@
 
 Each case is preprocessed exactly as in training (from the run's config.yaml), every network of
 the run (or those named by --modalities / --models) predicts the three regions, their sigmoid
-outputs are averaged (SPEC.md section 3), thresholded, put back into the original grid and turned
-into BraTS labels: ET -> 4, TC but not ET -> 1, WT but not TC -> 2 (nesting enforced). Files are
-`<case id>.nii.gz`, uint8, with the input's affine and header. One case is in memory at a time;
-each file is written under a temporary name and renamed; cases already predicted are skipped
-unless --overwrite; a bad case is reported in one line and skipped. An output that cannot be
-written (full disk) stops the run with one line; a rerun continues with the unfinished cases.
+outputs are averaged (SPEC.md section 3; `--ensemble fitted`: per-region weights, ensemble.py),
+thresholded, put back into the original grid and turned into BraTS labels: ET -> 4, TC but not
+ET -> 1, WT but not TC -> 2 (nesting enforced). Files are `<case id>.nii.gz`, uint8, with the
+input's affine and header. One case is in memory at a time; each file is written under a
+temporary name and renamed; cases already predicted are skipped unless --overwrite; a bad case is
+reported in one line and skipped. An output that cannot be written (full disk) stops the run
+with one line; a rerun continues with the unfinished cases.
+
+A baseline run (model.family kermi2018, unet3d_patches, bennaceur2020) predicts with its one
+network through families.py: whole-grid inference of the system, 0/1 regions, the same labels
+and files; --postprocess switches Ben naceur's post-processings (default: the run's config):
+
+    python predict.py --run runs/bennaceur2020 --input VALIDATION --output pred --postprocess pp1
 """
 from __future__ import annotations
 
@@ -29,6 +36,8 @@ import numpy as np  # noqa: E402
 
 from brats import CaseError, find_cases, load_case  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
+from ensemble import combine, read_weights  # noqa: E402
+import families  # noqa: E402
 from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from preprocess import downsampled_shape, preprocess_case, uncrop, upsample  # noqa: E402
 
@@ -88,15 +97,13 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
     """
     import keras
 
-    from model import build_model
-
     models = {} if models is None else models
     if len(modalities) not in models:
         network_config = dataclasses.replace(config, model=dataclasses.replace(
             config.model, channels=len(modalities), backbone_weights=None))
         keras.mixed_precision.set_global_policy(precision)
         try:
-            models[len(modalities)] = build_model(network_config)
+            models[len(modalities)] = families.family_of(network_config).build(network_config)
         finally:
             keras.mixed_precision.set_global_policy("float32")
     model = models[len(modalities)]
@@ -176,9 +183,16 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     """
     case = load_case(files)
     case.seg = None
+    if config.model.family != "een":  # a baseline: its own whole-grid inference, no TTA
+        network = networks[0]
+        labels = families.predicted_labels(network.activate(), case, network.modalities, config,
+                                           args.et_min_voxels)
+        write_labels(labels, case, args.output / f"{case.id}.nii.gz")
+        return labels
     data = config.data
     arrays, meta = preprocess_case(case, tuple(data.crop_size), data.crop_mode, data.downsample)
-    cropped = np.mean([region_probabilities(n, arrays, args.tta) for n in networks], axis=0)
+    cropped = combine({n.name: region_probabilities(n, arrays, args.tta) for n in networks},
+                      args.weights)
     probabilities = full_grid(cropped, meta)
     labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
     if args.save_probabilities:
@@ -193,6 +207,22 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
 
 # ---- command line -----------------------------------------------------------------------------
 
+def family_config(config: Config, args, run: Path, networks: int) -> Config:
+    """The run's config with --postprocess applied (Ben naceur runs only); a baseline run
+    refuses the EEN's ensemble options (one network, no TTA: none was published)."""
+    family = config.model.family
+    if family != "een":
+        refused = [option for option, given in (
+            ("--tta", args.tta), ("--ensemble fitted", args.ensemble == "fitted"),
+            ("--save-probabilities", args.save_probabilities)) if given]
+        if refused:
+            raise ConfigError(f"{run}: {refused[0]} applies to EEN runs only ({family} is a "
+                              f"baseline: one network, no TTA)")
+        if networks != 1:
+            raise ConfigError(f"{run}: a {family} run predicts with one network, {networks} given")
+    return families.with_postprocessing(config, args.postprocess)
+
+
 @exits_cleanly(ConfigError, CaseError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -206,12 +236,18 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--output", type=Path, required=True, help="folder for <case id>.nii.gz")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--tta", action="store_true", help="average over the 8 mirrorings")
+    parser.add_argument("--ensemble", default="plain", choices=("plain", "fitted"),
+                        help="plain: equal weights (the paper); fitted: per-region weights of "
+                             "RUN/ensemble_weights.json (python ensemble.py --run RUN)")
     parser.add_argument("--et-min-voxels", type=int, default=0,
                         help="an ET smaller than this becomes necrosis (default 0: off)")
     parser.add_argument("--save-probabilities", action="store_true",
                         help="also write <case id>_probabilities.npz (cropped grid, float16)")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS,
                         help="mixed_bfloat16 is about 1.7x faster on recent CPUs")
+    parser.add_argument("--postprocess", choices=families.POSTPROCESSING,
+                        help="bennaceur2020 runs: none, pp1 (small components), pp2 (opening) "
+                             "or both (default: the run's config)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases already written")
     args = parser.parse_args(argv)
     if not args.run and not args.models:
@@ -220,6 +256,8 @@ def main(argv: list | None = None) -> int:
     config = load_config(run / "config.yaml")
     chosen = args.modalities.split(",") if args.modalities else None
     specs = network_files(run, chosen, args.models)
+    config = family_config(config, args, run, len(specs))
+    args.weights = read_weights(run) if args.ensemble == "fitted" else None
     cases = find_cases(args.input)
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")

@@ -4,7 +4,9 @@
 
 Per case (SPEC.md section 1): crop to 192x160x108 (centred on the volume, or on the brain's
 bounding box with --crop brain), z-score each modality over its brain (non-zero) voxels with the
-background left at 0, and turn the labels into the nested regions WT, TC, ET.
+background left at 0, and turn the labels into the nested regions WT, TC, ET. Along an axis where
+the crop size exceeds the volume the box pads with zeros instead (negative offsets):
+configs/full_multimodal.yaml's 256x256x162 keeps the whole 240x240x155 volume.
 
 The cache holds one folder per case with uncompressed .npy files (memory-mappable):
 `<modality>.npy` float32 (H, W, D), `regions.npy` uint8 (H, W, D, 3) when the case has labels, and

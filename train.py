@@ -5,10 +5,22 @@
     python train.py ... --multimodal            # one network on the four modalities as channels
     python train.py ... --resume                # continue a run that was killed or ran out of disk
 
+A baseline family (model.family kermi2018, unet3d_patches, bennaceur2020: configs/<name>.yaml,
+families.py) trains one network, named after the family, on the four modalities; its examples are
+drawn per case and shuffled over pools of cases (examples.py); --modality and --multimodal are
+the EEN's:
+
+    python train.py --config configs/kermi2018_small.yaml --data cache/small --out runs/kermi2018
+
 A run folder holds everything predict.py needs: config.yaml (the resolved configuration),
 split.json (training and validation case ids), and one folder per network with network.json (its
 modalities), best.weights.h5 (best validation mean Dice), last.keras (with optimizer state),
 state.json (epoch, learning rate, plateau counter), history.csv, progress.png and TensorBoard logs.
+
+Any Keras backend (KERAS_BACKEND=tensorflow, the CPU default; jax, the GPU path; torch):
+
+    python train.py ... --gpus 2                               # TF MirroredStrategy / JAX DataParallel
+    KERAS_BACKEND=jax python train.py ... --coordinator host0:1234 --num-processes 2 --process-id 0
 
 One GPU per modality: start one process per modality on the same --out, each with its own
 CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
@@ -22,6 +34,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +44,8 @@ import numpy as np  # noqa: E402
 from brats import MODALITIES  # noqa: E402
 from config import Config, ConfigError, load_config, save_config  # noqa: E402
 from data import Cache, CacheError  # noqa: E402
+from devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
+import families  # noqa: E402
 from outputs import atomic, check_folder, exits_cleanly, failure  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -92,62 +107,40 @@ def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume:
 
 # ---- input pipeline ---------------------------------------------------------------------------
 
-def epoch_order(count: int, epoch: int, seed: int) -> np.ndarray:
-    """The order of the training cases in `epoch`: a permutation fixed by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(count)
+def cache_sampler(cache: Cache, modalities: tuple):
+    """case id -> (image float32 (H, W, D, C), regions uint8 (H, W, D, 3)) from the memory-mapped
+    cache: the sampler of pipeline.CaseBatches."""
+    def sample(case_id: str) -> tuple:
+        return cache.image(case_id, modalities), cache.regions(case_id)
+    return sample
 
 
 def make_dataset(cache: Cache, ids: list, modalities: tuple, batch: int, seed: int = 0,
-                 epochs: range | None = None, augment: bool = False):
-    """tf.data of (image (B, H, W, D, C) float32, regions (B, H, W, D, 3) float32).
+                 shuffle: bool = False, augment: bool = False, shard: tuple = (0, 1)):
+    """pipeline.CaseBatches of (image (b, H, W, D, C), regions (b, H, W, D, 3)) float32.
 
-    Training (epochs given): the cases of every epoch in epoch_order, so a resumed run sees the
-    same sequence as an uninterrupted one; parallel reads from the memory-mapped cache; prefetch.
-    Validation (epochs None): the cases once, in order.
+    batch is the global batch, b this process's share of it (shard). Training (shuffle): each
+    epoch's cases in pipeline.epoch_order, the epoch set by the callback epoch_callback() gives
+    to fit, so a resumed run sees the same sequence as an uninterrupted one; the last incomplete
+    batch is dropped. Validation: the cases once, in order.
     """
-    import tensorflow as tf
+    from pipeline import CaseBatches
 
-    if epochs is None:
-        order = np.arange(len(ids))
-    else:
-        order = np.concatenate([epoch_order(len(ids), e, seed) for e in epochs])
-    shape = cache.crop_size
-
-    def read(index):
-        case_id = ids[int(index)]
-        return np.array(cache.image(case_id, modalities)), cache.regions(case_id)
-
-    def load(index):
-        image, regions = tf.numpy_function(read, [index], (tf.float32, tf.uint8))
-        image.set_shape((*shape, len(modalities)))
-        regions.set_shape((*shape, 3))
-        return image, tf.cast(regions, tf.float32)
-
-    positions = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-    data = positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment:
-        data = data.enumerate().map(lambda step, pair: augment_pair(pair, [seed, step]),
-                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return data.batch(batch, drop_remainder=epochs is not None).prefetch(tf.data.AUTOTUNE)
+    return CaseBatches(cache_sampler(cache, modalities), ids, batch, seed, shuffle, augment, shard)
 
 
-def augment_pair(pair, seed):
-    """Random flips along each axis and intensity scale (0.9-1.1) and shift (+-0.1 std)."""
-    import tensorflow as tf
-
-    image, regions = pair
-    draws = tf.random.stateless_uniform([5], seed=tf.cast(seed, tf.int64))
-    for axis in range(3):
-        flip = draws[axis] < 0.5
-        image = tf.cond(flip, lambda: tf.reverse(image, [axis]), lambda: image)
-        regions = tf.cond(flip, lambda: tf.reverse(regions, [axis]), lambda: regions)
-    image = image * (0.9 + 0.2 * draws[3]) + (draws[4] - 0.5) * 0.2
-    return image, regions
+def validation_ids(ids: list, replicas: int, backend: str) -> list:
+    """The held-out cases validated on: all of them, except that JAX over several devices needs
+    every batch to split evenly, so the count is cut to a multiple of the device count."""
+    if backend != "jax" or replicas == 1:
+        return ids
+    return ids[:len(ids) // replicas * replicas]
 
 
 # ---- callbacks --------------------------------------------------------------------------------
 
-def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, resume: bool):
+def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, resume: bool,
+              max_minutes: float | None = None):
     """The callbacks of one network's training, in the order they must run at an epoch's end."""
     import keras
 
@@ -165,6 +158,31 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
+
+    class TimeBudget(keras.callbacks.Callback):
+        """--max-minutes: stop after the epoch that ends past the budget (counted from this
+        network's start), and log each epoch's steps, train_seconds (its training steps) and
+        epoch_seconds (validation included) into history.csv."""
+
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch_start = self.last_step = time.perf_counter()
+            self.steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.last_step, self.steps = time.perf_counter(), batch + 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            now = time.perf_counter()
+            if logs is not None:
+                logs.update(steps=self.steps, train_seconds=self.last_step - self.epoch_start,
+                            epoch_seconds=now - self.epoch_start)
+            if now - self.start >= 60 * max_minutes and not self.model.stop_training:
+                self.model.stop_training = True
+                print(f"{folder.name}: time budget of {max_minutes:g} min spent after epoch "
+                      f"{epoch + 1}; training stopped")
 
     class MeanDice(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -206,7 +224,7 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
             better = score > state.get("best_score", -np.inf)
             if better:
                 state.update(best_score=float(score), best_epoch=epoch + 1)
-            if scheduler is plateau:
+            if plateau in schedulers:
                 state.update(plateau_wait=int(plateau.wait), plateau_best=float(plateau.best))
             state.update(epochs_done=epoch + 1,
                          learning_rate=float(keras.ops.convert_to_numpy(
@@ -231,15 +249,48 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
         def on_epoch_begin(self, epoch, logs=None):
             self.model.optimizer.learning_rate.assign(cosine_rate(epoch, config.train))
 
+    class SkipDropoutDecay(keras.callbacks.Callback):
+        """model.skip_dropout_decay_epochs: each epoch's skip-dropout rate (to skip_dropout_final)."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.get_layer("skip_dropout").current_rate.assign(
+                skip_dropout_rate(epoch, config.model))
+
     guard = NanGuard()
     plateau = Plateau(monitor="loss", factor=config.train.plateau_factor,
                       patience=config.train.plateau_patience, verbose=1)
-    scheduler = plateau if config.train.schedule == "plateau" else Cosine()
-    chain = [guard, MeanDice() if has_validation else None, scheduler,
+    if config.model.family == "een":
+        schedulers = [plateau if config.train.schedule == "plateau" else Cosine()]
+    else:  # a baseline's schedule is in its optimizer; its stopping and plateau rules here
+        schedulers = families.family_of(config).callbacks(config)
+    decays = config.model.skip_dropout > 0 and config.model.skip_dropout_decay_epochs > 0
+    decay = SkipDropoutDecay() if decays else None
+    budget = TimeBudget() if max_minutes else None
+    chain = [guard, MeanDice() if has_validation else None, *schedulers, decay, budget,
              History(str(folder / "history.csv"), append=resume),
-             Checkpoints(), Progress(),
-             keras.callbacks.TensorBoard(str(folder / "tensorboard"), write_graph=False)]
+             Checkpoints(), Progress(), tensorboard(folder)]
     return [c for c in chain if c is not None], guard
+
+
+def tensorboard(folder: Path):
+    """TensorBoard logs, when TensorFlow is installed (Keras writes them with tf.summary; the
+    JAX and PyTorch GPU machines may have no TensorFlow: then history.csv and progress.png only)."""
+    import importlib.util
+
+    import keras
+
+    if importlib.util.find_spec("tensorflow") is None:
+        return None
+    return keras.callbacks.TensorBoard(str(folder / "tensorboard"), write_graph=False)
+
+
+def skip_dropout_rate(epoch: int, model) -> float:
+    """The skip-dropout rate of a (0-based) epoch: model.skip_dropout, falling linearly to
+    skip_dropout_final at epoch skip_dropout_decay_epochs (constant when that is 0)."""
+    if not model.skip_dropout_decay_epochs:
+        return model.skip_dropout
+    left = max(0.0, 1 - epoch / model.skip_dropout_decay_epochs)
+    return model.skip_dropout_final + (model.skip_dropout - model.skip_dropout_final) * left
 
 
 def cosine_rate(epoch: int, train) -> float:
@@ -268,23 +319,6 @@ def trim_history(path: Path, epochs: int) -> None:
 
 
 # ---- one network ------------------------------------------------------------------------------
-
-def distribution(gpus: int, cpu_replicas: int):
-    """MirroredStrategy over N GPUs (or N logical CPUs, to test the path without a GPU)."""
-    import tensorflow as tf
-
-    if cpu_replicas > 1:
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_replicas)])
-    if gpus > 1:
-        found = tf.config.list_physical_devices("GPU")
-        if len(found) < gpus:
-            raise RunError(f"--gpus {gpus} asked, but TensorFlow sees {len(found)} GPU(s)")
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return tf.distribute.get_strategy()
-
 
 def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning_rate: float | None,
                    shared: dict | None = None):
@@ -319,15 +353,39 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
                   loss=losses.DiceCrossEntropy(config.model.output_activation,
                                                config.train.dice_per_channel),
                   metrics=losses.region_metrics(config.model.output_activation),
-                  jit_compile=jit)
+                  jit_compile=jit if keras.backend.backend() == "tensorflow" else "auto")
     model.optimizer.build(model.trainable_variables)
-    shared[config.model.channels] = (model, (model.get_weights(),
-                                             [v.numpy() for v in model.optimizer.variables]))
+    optimizer_state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+    shared[config.model.channels] = (model, (model.get_weights(), optimizer_state))
     return model
 
 
+def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list,
+                    modalities: tuple, batch: int, placement, jit: bool, resume_from: Path | None):
+    """A baseline's (compiled model, training batches, validation batches or None).
+
+    The batches come first: the optimizer's schedule needs the number of steps per epoch.
+    """
+    from examples import family_batches
+
+    family = families.family_of(config)
+    train_data = family_batches(family, cache, train_ids, modalities, batch, config, True,
+                                placement.shard)
+    val_data = family_batches(family, cache, val_ids, modalities, batch, config, False,
+                              placement.shard) if val_ids else None
+    for part, data in (("training", train_data), ("validation", val_data)):
+        if data is not None and not len(data):
+            raise RunError(f"the {part} cases give {sum(data.counts)} {family.name} examples, "
+                           f"fewer than one global batch of {batch}")
+    print(f"{family.name}: {sum(train_data.counts)} training examples ({len(train_data)} steps "
+          f"an epoch), {sum(val_data.counts) if val_data else 0} validation examples")
+    with placement.scope():
+        model = families.compiled(config, len(train_data), jit, resume_from)
+    return model, train_data, val_data
+
+
 def train_network(out: Path, name: str, modalities: tuple, config: Config, cache: Cache,
-                  split: dict, args, strategy, shared: dict) -> int:
+                  split: dict, args, placement, shared: dict) -> int:
     """Train (or resume) one network; returns 0, or 1 when the loss became NaN."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -340,24 +398,37 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
     if start >= config.train.epochs:
         print(f"{name}: already trained for {start} epochs of {config.train.epochs}")
         return 0
-    batch = config.train.batch_size * strategy.num_replicas_in_sync
+    batch = config.train.batch_size * placement.replicas
     network_config = dataclasses.replace(
         config, model=dataclasses.replace(config.model, channels=len(modalities)))
-    with strategy.scope():
-        model = compiled_model(network_config, args.jit, folder / "last.keras" if state else None,
-                               state.get("learning_rate"), shared)
-    train_ids, val_ids = split["train"], split["validation"]
-    steps = max(1, len(train_ids) // batch)
-    train_data = make_dataset(cache, train_ids, modalities, batch, config.train.seed,
-                              range(start, config.train.epochs), config.train.augment)
-    val_data = make_dataset(cache, val_ids, modalities, batch) if val_ids else None
-    chain, guard = callbacks(folder, state, config, bool(val_ids), args.resume and start > 0)
+    train_ids = split["train"]
+    val_ids = (split["validation"] if config.model.family != "een"  # whole batches of examples
+               else validation_ids(split["validation"], placement.replicas, args.backend))
+    if config.model.family != "een":
+        model, train_data, val_data = family_training(
+            network_config, cache, train_ids, val_ids, modalities, batch, placement, args.jit,
+            folder / LAST if state else None)
+    else:
+        if len(train_ids) < batch:
+            raise RunError(f"{len(train_ids)} training cases cannot fill one global batch "
+                           f"of {batch}")
+        with placement.scope():
+            model = compiled_model(network_config, args.jit,
+                                   folder / "last.keras" if state else None,
+                                   state.get("learning_rate"), shared)
+        train_data = make_dataset(cache, train_ids, modalities, batch, config.train.seed, True,
+                                  config.train.augment, placement.shard)
+        val_data = make_dataset(cache, val_ids, modalities, batch,
+                                shard=placement.shard) if val_ids else None
+    chain, guard = callbacks(folder, state, config, bool(val_ids), args.resume and start > 0,
+                             args.max_minutes)
     print(f"{name}: {len(train_ids)} training / {len(val_ids)} validation cases, "
           f"epochs {start + 1}-{config.train.epochs}, global batch {batch} "
-          f"on {strategy.num_replicas_in_sync} replica(s), {args.precision}"
-          + (", XLA" if args.jit else ""))
-    model.fit(train_data, epochs=config.train.epochs, initial_epoch=start, steps_per_epoch=steps,
-              validation_data=val_data, callbacks=chain, verbose=args.verbose, shuffle=False)
+          f"on {placement.description}, {args.backend}, {args.precision}"
+          + (", XLA" if args.jit and args.backend == "tensorflow" else ""))
+    model.fit(train_data, epochs=config.train.epochs, initial_epoch=start,
+              validation_data=val_data, callbacks=[train_data.epoch_callback(), *chain],
+              verbose=args.verbose, shuffle=False)
     if guard.failed_at is not None:
         epoch, step = guard.failed_at
         kept = f"{folder / 'last.keras'} (epoch {state['epochs_done']})" if state.get(
@@ -386,14 +457,25 @@ def resolve_config(args) -> Config:
 
 
 def networks_to_train(args, config: Config) -> dict:
-    """name -> modalities: one per modality (--modality), or one on all four (--multimodal)."""
+    """name -> modalities: one per modality (--modality, default flair), or one on all four
+    (--multimodal); a baseline family: one network named after it on all four."""
+    family = config.model.family
+    if family != "een":
+        given = [option for option, value in (
+            ("--modality", args.modality), ("--multimodal", args.multimodal),
+            ("--augment", args.augment), ("--weights", args.weights)) if value]
+        if given:
+            raise RunError(f"{given[0]} applies to the EEN only; {family} ({args.config}) trains "
+                           f"one network on the four modalities with its own sampler")
+        return {family: tuple(config.data.modalities)}
     if args.multimodal:
         return {MULTIMODAL: tuple(config.data.modalities)}
-    names = config.data.modalities if args.modality == "all" else (args.modality,)
+    modality = args.modality or "flair"
+    names = config.data.modalities if modality == "all" else (modality,)
     return {m: (m,) for m in names}
 
 
-@exits_cleanly(ConfigError, CacheError, RunError)
+@exits_cleanly(ConfigError, CacheError, RunError, PlacementError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -401,19 +483,33 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/paper.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="cache written by preprocess.py")
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--modality", default="flair", choices=(*MODALITIES, "all"))
+    parser.add_argument("--modality", choices=(*MODALITIES, "all"),
+                        help="the EEN network(s) to train (default flair)")
     parser.add_argument("--multimodal", action="store_true",
                         help="one network on the four modalities stacked as channels")
     parser.add_argument("--resume", action="store_true", help="continue from last.keras")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--seed", type=int, help="override train.seed (split, order, augmentation)")
+    parser.add_argument("--max-minutes", type=float,
+                        help="time budget per network: stop after the epoch that ends past it "
+                             "(history.csv then also logs each epoch's steps and seconds)")
     parser.add_argument("--augment", action="store_true", help="random flips and intensity changes")
     parser.add_argument("--weights", help="override model.backbone_weights: imagenet, none, a file")
     parser.add_argument("--precision", default="float32", choices=PRECISIONS)
-    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
-    parser.add_argument("--gpus", type=int, default=1, help="MirroredStrategy over N GPUs")
+    parser.add_argument("--jit", action="store_true",
+                        help="TensorFlow: compile the training step with XLA (JAX always does)")
+    parser.add_argument("--gpus", type=int, default=1,
+                        help="data-parallel over N GPUs of this host (TensorFlow MirroredStrategy, "
+                             "JAX DataParallel)")
     parser.add_argument("--cpu-replicas", type=int, default=1,
-                        help="MirroredStrategy over N logical CPUs (tests the multi-GPU path)")
+                        help="the same over N CPU devices (tests the multi-GPU path)")
+    cluster = parser.add_argument_group(
+        "several processes (JAX only)", "one process per host, each with its own --process-id; "
+        "unset options come from KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES "
+        "and KERAS_DISTRIBUTION_PROCESS_ID. Process 0 writes --out, process K writes OUT/processK")
+    cluster.add_argument("--coordinator", help="HOST:PORT of process 0")
+    cluster.add_argument("--num-processes", type=int, help="how many processes in all")
+    cluster.add_argument("--process-id", type=int, help="this process, 0 ... N-1")
     parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
                         help="Keras progress: 1 a bar per epoch (default), 2 a line, 0 none")
     args = parser.parse_args(argv)
@@ -426,20 +522,20 @@ def main(argv: list | None = None) -> int:
         raise RunError(f"{args.data} was preprocessed with downsample "
                        f"{cache.settings.get('downsample', 1)}, the config asks for "
                        f"{config.data.downsample}")
-    split = prepare_run(args.out, config, cache, networks, args.resume)
-    if args.cpu_replicas > 1:
-        # TF 2.21's oneDNN fused convolutions fail on logical CPU devices under MirroredStrategy
-        # ("input and filter must have the same depth"); the plain kernels work.
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+    cpu_replica_environment(args.cpu_replicas)
     import keras
 
+    args.backend = keras.backend.backend()
     keras.mixed_precision.set_global_policy(args.precision)
     keras.utils.set_random_seed(config.train.seed)
+    placement = place(args.gpus, args.cpu_replicas,
+                      Cluster(args.coordinator, args.num_processes, args.process_id))
+    out = args.out / f"process{placement.process}" if placement.process else args.out
+    split = prepare_run(out, config, cache, networks, args.resume)
     status, shared = 0, {}  # shared: one compiled model for the same-shaped networks
-    strategy = distribution(args.gpus, args.cpu_replicas)
     for name, modalities in networks.items():
-        status |= train_network(args.out, name, modalities, config, cache, split, args,
-                                strategy, shared)
+        status |= train_network(out, name, modalities, config, cache, split, args,
+                                placement, shared)
     return status
 
 

@@ -40,12 +40,12 @@ def measure(config_path: str, root: Path, steps: int, cases: int) -> dict:
     config = load_config(config_path)
     config.model.backbone_weights = None
     cache = make_cache(root, config, cases)
-    data = train.make_dataset(cache, cache.ids, ("flair",), 1, 0, range(0, 1000))
-    batches = iter(data)
-    x, y = next(batches)
+    data = train.make_dataset(cache, cache.ids, ("flair",), 1, 0, shuffle=True)
+    x, y = data[0]
     start = time.perf_counter()
-    for _ in range(steps * 3):
-        next(batches)
+    for i in range(steps * 3):  # one reader thread (fit uses two)
+        data.set_epoch(i // len(data))
+        data[i % len(data)]
     input_s = (time.perf_counter() - start) / (steps * 3)
     model = train.compiled_model(config, False, None, None)
     start = time.perf_counter()
@@ -57,7 +57,7 @@ def measure(config_path: str, root: Path, steps: int, cases: int) -> dict:
     compute_s = (time.perf_counter() - start) / steps
     model.fit(data, steps_per_epoch=1, epochs=1, verbose=0, shuffle=False)  # traces fit's step
     start = time.perf_counter()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+    model.fit(data, steps_per_epoch=min(steps, len(data)), epochs=1, verbose=0, shuffle=False)
     fit_s = (time.perf_counter() - start) / steps
     return {"input": input_s, "compute": compute_s, "fit": fit_s, "compile": compile_s}
 

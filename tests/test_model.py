@@ -247,10 +247,22 @@ def test_skip_dropout_drops_all_skips_of_a_case_together_only_in_training():
     assert all(np.array_equal(keras.ops.convert_to_numpy(u), s) for u, s in zip(unchanged, skips))
 
 
+def test_decaying_skip_dropout_uses_the_rate_training_sets():
+    layer = een.SkipDropout(0.5, seed=1, decays=True)
+    skips = [np.ones((64, 2, 2, 2, 1), np.float32)]
+    layer.current_rate.assign(0.0)
+    kept = keras.ops.convert_to_numpy(layer(skips, training=True)[0])
+    assert kept.min() == 1  # rate 0: nothing dropped
+    layer.current_rate.assign(0.999)
+    assert keras.ops.convert_to_numpy(layer(skips, training=True)[0]).sum() <= 2 * 8
+    assert een.SkipDropout(0.5).weights == []  # constant rate: no variable, checkpoints unchanged
+
+
 def test_model_without_3d_skips_has_the_same_weights():
     config = small_config()
     full, no_skips = een.build_model(config), een.build_model(config, skips_3d=False)
-    assert full.count_params() == no_skips.count_params()
+    rate = 1 if config.model.skip_dropout_decay_epochs else 0  # the decaying skip-dropout rate
+    assert full.count_params() == no_skips.count_params() + rate
     assert "dec3d_1_skip" in [l.name for l in full.layers]
     assert not any(l.name.endswith("_skip") for l in no_skips.layers)
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import train
+from pipeline import epoch_order
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,24 +139,54 @@ def test_same_seed_same_split_and_order():
     assert train.split_cases(ids, 0.2, 3) == train.split_cases(ids, 0.2, 3)
     assert train.split_cases(ids, 0.2, 3) != train.split_cases(ids, 0.2, 4)
     assert len(train.split_cases(ids, 0.2, 3)["validation"]) == 4
-    np.testing.assert_array_equal(train.epoch_order(13, 5, 0), train.epoch_order(13, 5, 0))
-    assert not np.array_equal(train.epoch_order(13, 5, 0), train.epoch_order(13, 6, 0))
+    np.testing.assert_array_equal(epoch_order(13, 5, 0), epoch_order(13, 5, 0))
+    assert not np.array_equal(epoch_order(13, 5, 0), epoch_order(13, 6, 0))
+
+
+def epoch_batches(batches, epoch: int) -> list:
+    batches.set_epoch(epoch)
+    return [batches[i] for i in range(len(batches))]
 
 
 def test_augmentation_flips_image_and_regions_together(small_cache):
     from data import Cache
 
     cache = Cache(small_cache)
-    plain = list(train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, range(0, 4)))
-    augmented = list(train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, range(0, 4), True))
+    plain = train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, shuffle=True)
+    augmented = train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, True, True)
     changed = 0
-    for (x0, y0), (x1, y1) in zip(plain, augmented):
+    for epoch in range(4):
+        [(x0, y0)], [(x1, y1)] = epoch_batches(plain, epoch), epoch_batches(augmented, epoch)
         x0, y0, x1, y1 = (np.asarray(v)[0] for v in (x0, y0, x1, y1))
         assert y1.sum() == y0.sum()  # flips keep the tumour, only move it
         changed += not np.array_equal(y0, y1)
         flipped = [a for a in range(3) if not np.array_equal(y0, np.flip(y0, a))]
         assert flipped
+        assert not np.array_equal(x0, x1)  # intensity scale and shift
     assert changed >= 1
+
+
+def test_batches_are_a_function_of_epoch_and_index_and_shards_make_up_the_global_batch(small_cache):
+    """What resume and several processes rely on: batch (epoch, i) is the same whenever and
+    however it is read; the slices two processes read make up the one-process global batch."""
+    from data import Cache
+
+    cache = Cache(small_cache)
+    whole = train.make_dataset(cache, cache.ids, ("flair",), 4, 3, True, True)
+    halves = [train.make_dataset(cache, cache.ids, ("flair",), 4, 3, True, True, (k, 2))
+              for k in range(2)]
+    assert len(whole) == len(cache.ids) // 4
+    later = epoch_batches(whole, 2)
+    first = epoch_batches(whole, 1)
+    assert epoch_batches(whole, 2)[1][0].tobytes() == later[1][0].tobytes()
+    assert not np.array_equal(first[0][0], later[0][0])  # another epoch, another order
+    for index, (x, y) in enumerate(later):
+        parts = [epoch_batches(h, 2)[index] for h in halves]
+        assert [p[0].shape[0] for p in parts] == [2, 2]
+        np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+    validation = train.make_dataset(cache, cache.ids[:5], ("flair",), 2)
+    assert [len(validation[i][0]) for i in range(len(validation))] == [2, 2, 1]  # none dropped
 
 
 # ---- bad input: a clear error before any training starts ---------------------------------------
@@ -204,6 +235,31 @@ def test_cosine_schedule_warms_up_then_decays_to_nearly_zero():
     assert max(rates) <= 1e-3 and rates[1] > 0.95e-3
     assert all(a > b for a, b in zip(rates[1:], rates[2:]))
     assert 0 < rates[-1] < 1e-5
+
+
+def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
+    from config import ModelConfig
+
+    settings = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=4)
+    rates = [train.skip_dropout_rate(epoch, settings) for epoch in range(6)]
+    assert rates == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
+    assert train.skip_dropout_rate(9, ModelConfig(skip_dropout=0.5)) == 0.5  # no decay: constant
+    floor = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=2, skip_dropout_final=0.2)
+    assert [train.skip_dropout_rate(e, floor) for e in range(4)] == pytest.approx([0.5, 0.35, 0.2, 0.2])
+
+    from config import load_config
+
+    config = load_config("configs/small.yaml")
+    config.model.skip_dropout, config.model.skip_dropout_decay_epochs = 0.5, 2
+    model = train.compiled_model(config, False, None, None, {})
+    chain, _ = train.callbacks(Path("unused"), {}, config, False, False)
+    (decay,) = [c for c in chain if type(c).__name__ == "SkipDropoutDecay"]
+    decay.set_model(model)
+    seen = []
+    for epoch in range(3):
+        decay.on_epoch_begin(epoch)
+        seen.append(float(keras.ops.convert_to_numpy(model.get_layer("skip_dropout").current_rate)))
+    assert seen == pytest.approx([0.5, 0.25, 0.0])
 
 
 def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state():
