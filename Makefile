@@ -4,23 +4,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: setup test demo bench clean
+.PHONY: setup runtime test demo bench clean
 
+# runtime: what the tools need (requirements.txt); setup adds the tests' and notebooks' packages
+# and the other Keras backends (requirements-dev.txt, about a minute more to install).
+runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
 test: setup
 	$(PY) -m pytest -q tests
 
-demo: setup
+demo: runtime
 	$(PY) demo.py --out $(DEMO)
 
-bench: setup
+bench: runtime
 	$(PY) bench/preprocess.py
 
 clean:

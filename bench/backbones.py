@@ -10,14 +10,14 @@ are against the first backbone of the run (EfficientNetB0, the paper's, by defau
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from rows import peak_gb, run_row  # noqa: E402
 
 DEFAULT = ("EfficientNetB0,EfficientNetV2B0,EfficientNetV2S,ResNet50V2,DenseNet121,ConvNeXtTiny,"
            "MobileNetV3Large")
@@ -52,17 +52,11 @@ def worker(args) -> dict:
         times.append(time.perf_counter() - start)
     return {"parameters": model.count_params(), "backbone_parameters": encoder.count_params(),
             "seconds": min(times), "first_call": first,
-            "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+            "peak_gb": peak_gb()}
 
 
-def run_row(config: str, backbone: str, repeats: int) -> dict:
-    command = [sys.executable, __file__, "--worker", "--config", config, "--backbone", backbone,
-               "--repeats", str(repeats)]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_backbone(config: str, backbone: str, repeats: int) -> dict:
+    return run_row(__file__, ["--config", config, "--backbone", backbone, "--repeats", repeats])
 
 
 def main(argv=None) -> int:
@@ -90,7 +84,7 @@ def main(argv=None) -> int:
           f"{'peak GB':>9s}{'1st call s':>11s}")
     base = None
     for name in names:
-        result = run_row(args.config, name, args.repeats)
+        result = run_backbone(args.config, name, args.repeats)
         if "error" in result:
             print(f"{name:18s}  failed: {result['error']}")
             continue

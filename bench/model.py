@@ -20,8 +20,6 @@ rematerialised float32 training step <= 6 GB at <= 1.3x the float32 compiled ste
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,9 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+from rows import peak_gb, run_row  # noqa: E402
 
 
 def worker(args) -> dict:
@@ -92,16 +88,10 @@ VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
 }
 
 
-def run_row(config, task, variant, precision, xla, remat, repeats) -> dict:
-    command = [sys.executable, __file__, "--worker", "--config", str(config), "--task", task,
-               "--variant", variant, "--precision", precision, "--repeats", str(repeats),
-               "--remat", remat]
-    command += ["--xla"] if xla else []
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def run_variant(config, task, variant, precision, xla, remat, repeats) -> dict:
+    arguments = ["--config", config, "--task", task, "--variant", variant, "--precision", precision,
+                 "--repeats", repeats, "--remat", remat]
+    return run_row(__file__, arguments + (["--xla"] if xla else []))
 
 
 def main(argv=None) -> int:
@@ -138,7 +128,7 @@ def main(argv=None) -> int:
             if remat and task != "train":
                 continue  # rematerialisation only changes the backward pass
             levels = args.remat_levels if remat else ""
-            result = run_row(args.config, task, variant, precision, xla, levels, args.repeats)
+            result = run_variant(args.config, task, variant, precision, xla, levels, args.repeats)
             if "error" in result:
                 print(f"{name:38s}{task:>8s}  failed: {result['error']}")
                 continue

@@ -13,7 +13,6 @@ Targets: inference <= 0.5x the baseline and <= 2.5 GB; evaluation <= 1 s per cas
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,11 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from rows import peak_gb  # noqa: E402
+
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-
-
-def peak_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
 def make_run(root: Path) -> Path:
