@@ -1,0 +1,419 @@
+"""Train every system on the same synthetic cases with the same time budget, score them alike.
+
+    python compare.py --out compare                       # all systems, 15 minutes each
+    python compare.py --out compare --budget-minutes 5 --systems een,kermi2018
+    python compare.py --out compare --quick               # a few minutes in all (smoke run)
+    python compare.py --out compare --data demo/data --cache demo/cache   # reuse the demo's
+
+Folders in, folders out. OUT/data: synthetic train, validation and validation_ground_truth (as
+demo.py writes them; --data reuses one); OUT/cache: the training cases preprocessed for
+configs/small.yaml (--cache reuses one); OUT/runs/<run>: one train.py run per system, in its own
+process (so that peak memory is the system's), for its config's epochs or until --budget-minutes
+is spent (train.py --max-minutes; the EEN ensemble splits the budget over its four networks);
+OUT/predictions/<system>: predict.py on the held-out validation cases, also in its own process;
+OUT/results/<system>.csv (evaluate.py's portal layout) and <system>.json (the row). Then
+OUT/compare.csv, compare.md and compare.png: Dice and HD95 per region (mean and std over the
+cases), parameters, epochs, training seconds per step and per epoch, inference seconds per case
+and peak memory, next to each system's published figures.
+
+A system whose result is there is not trained or scored again; a training that did not finish is
+started afresh. Ben naceur is trained once and predicted with and without its post-processings.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REGIONS = ("ET", "WT", "TC")
+
+
+@dataclasses.dataclass(frozen=True)
+class System:
+    """One row of the table: a config trained as `run` with train.py options, predicted with
+    predict.py options; `published` the figures its authors report."""
+
+    config: str
+    run: str
+    train: tuple = ()
+    predict: tuple = ()
+    networks: int = 1
+    published: str = ""
+
+
+SYSTEMS = {
+    "een": System("configs/small.yaml", "een", ("--modality", "all"), networks=4,
+                  published="BraTS 2020 validation Dice ET 0.654, WT 0.841, TC 0.680 "
+                            "(ensemble of four, full size)"),
+    "een_multimodal": System("configs/small.yaml", "een_multimodal", ("--multimodal",),
+                             published="none (not in the paper)"),
+    "kermi2018": System("configs/kermi2018_small.yaml", "kermi2018",
+                        published="BraTS 2018 validation Dice ET 0.783, WT 0.868, TC 0.805"),
+    "unet3d_patches": System("configs/unet3d_patches_small.yaml", "unet3d_patches",
+                             published="patch-level validation Dice 0.7273 (MSD Task01; "
+                                       "no ET/WT/TC figures)"),
+    "bennaceur2020": System("configs/bennaceur2020_small.yaml", "bennaceur2020",
+                            predict=("--postprocess", "both"),
+                            published="none available"),
+    "bennaceur2020_nopp": System("configs/bennaceur2020_small.yaml", "bennaceur2020",
+                                 predict=("--postprocess", "none"),
+                                 published="none available"),
+}
+
+
+class CompareError(ValueError):
+    """A comparison that cannot start; str() is one line."""
+
+
+# ---- measured subprocesses --------------------------------------------------------------------
+
+def child() -> int:
+    """In a subprocess: `tool record argv...`: run tool.main(argv), then write to `record` its
+    status, wall seconds and the process's peak resident memory (bytes)."""
+    import importlib
+    import resource
+
+    tool, record, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    module = importlib.import_module(tool)
+    start = time.perf_counter()
+    try:
+        status = module.main(argv)
+    except SystemExit as stop:  # a tool's one-line error
+        status = stop.code if isinstance(stop.code, int) else 1
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
+    record.write_text(json.dumps({"status": status, "seconds": seconds, "peak_bytes": peak}))
+    return status
+
+
+def measured(tool: str, argv: list, log: Path) -> dict:
+    """Run tool.main(argv) in its own process (output to `log`); its status, seconds, peak bytes."""
+    record = log.with_suffix(".measure.json")
+    record.unlink(missing_ok=True)
+    code = "import sys, compare; sys.exit(compare.child())"
+    with open(log, "w") as handle:
+        process = subprocess.run([sys.executable, "-c", code, tool, str(record), *argv],
+                                 cwd=HERE, stdout=handle, stderr=subprocess.STDOUT)
+    if not record.is_file():
+        return {"status": process.returncode or 1, "seconds": float("nan"), "peak_bytes": 0}
+    return json.loads(record.read_text())
+
+
+def write_json(path: Path, value) -> None:
+    with atomic(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=1))
+
+
+# ---- one system -------------------------------------------------------------------------------
+
+def network_timings(run: Path) -> dict:
+    """Epochs, steps and seconds of a finished run, from each network's history.csv.
+
+    The first epoch traces the model: it is left out of the per-epoch and per-step figures
+    whenever a later epoch exists.
+    """
+    epochs, train_seconds, epoch_seconds, steps = [], [], [], []
+    for history in sorted(run.glob("*/history.csv")):
+        with open(history, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        epochs.append(len(rows))
+        timed = rows[1:] or rows
+        train_seconds += [float(r["train_seconds"]) for r in timed]
+        epoch_seconds += [float(r["epoch_seconds"]) for r in timed]
+        steps += [int(float(r["steps"])) for r in timed]
+    return {"epochs": epochs,
+            "seconds_per_epoch": float(np.mean(epoch_seconds)),
+            "seconds_per_step": float(np.sum(train_seconds) / max(np.sum(steps), 1))}
+
+
+def trained(name: str, system: System, paths: dict, args) -> dict | None:
+    """Train the system's run unless OUT/runs/<run>/training.json says it was; its record."""
+    run = paths["runs"] / system.run
+    done = run / "training.json"
+    if done.is_file():
+        print(f"{name}: {run} already trained, kept")
+        return json.loads(done.read_text())
+    if run.exists():  # a training that did not finish: start afresh, with the whole budget
+        shutil.rmtree(run)
+    run.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["--config", str(HERE / system.config), "--data", str(paths["cache"]), "--out", str(run),
+            "--max-minutes", f"{args.budget_minutes / system.networks:.6g}", "--verbose", "2",
+            *system.train, *(["--epochs", str(args.epochs)] if args.epochs else [])]
+    print(f"{name}: training ({args.budget_minutes:g} min budget) ...", flush=True)
+    result = measured("train", argv, paths["runs"] / f"{system.run}.train.log")
+    if result["status"] != 0:
+        print(f"error: {name}: train.py failed (status {result['status']}), see "
+              f"{paths['runs'] / f'{system.run}.train.log'}; system skipped", file=sys.stderr)
+        return None
+    record = {"train_seconds": result["seconds"], "train_peak_bytes": result["peak_bytes"],
+              "budget_minutes": args.budget_minutes, **network_timings(run),
+              "parameters": parameters(run)}
+    write_json(done, record)
+    return record
+
+
+def parameters(run: Path) -> int:
+    """Parameters of all the run's networks, each built from the run's config."""
+    import keras
+
+    import families
+    from config import load_config
+
+    config = load_config(run / "config.yaml")
+    channels = [len(json.loads(d.read_text())["modalities"]) for d in run.glob("*/network.json")]
+    counts = {}  # channels -> parameters of one network (the EEN's four share a shape)
+    for number in set(channels):
+        network = dataclasses.replace(config, model=dataclasses.replace(
+            config.model, channels=number, backbone_weights=None))
+        counts[number] = families.family_of(network).build(network).count_params()
+        keras.backend.clear_session()
+    return sum(counts[number] for number in channels)
+
+
+def predicted(name: str, system: System, paths: dict) -> dict | None:
+    """predict.py on the validation cases into OUT/predictions/<name> (afresh); its record."""
+    output = paths["predictions"] / name
+    if output.exists():
+        shutil.rmtree(output)
+    argv = ["--run", str(paths["runs"] / system.run), "--input", str(paths["validation"]),
+            "--output", str(output), *system.predict]
+    log = paths["predictions"] / f"{name}.predict.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = measured("predict", argv, log)
+    if result["status"] != 0:
+        print(f"error: {name}: predict.py failed (status {result['status']}), see {log}; "
+              f"system skipped", file=sys.stderr)
+        return None
+    cases = len(list(output.glob("*.nii.gz")))
+    return {"cases": cases, "predict_seconds": result["seconds"],
+            "seconds_per_case": result["seconds"] / max(cases, 1),
+            "predict_peak_bytes": result["peak_bytes"]}
+
+
+def scores(name: str, paths: dict) -> dict:
+    """evaluate.py's scores of the system's predictions: mean and std of Dice and HD95 per region;
+    the portal CSV is written to OUT/results/<name>.csv."""
+    import evaluate
+
+    results = evaluate.evaluate(paths["predictions"] / name, paths["truth"], progress=False)
+    summary = evaluate.statistics([r.row for r in results])
+    evaluate.write_csv(results, summary, paths["results"] / f"{name}.csv")
+    row = {"scored_cases": len(results)}
+    for metric, column in (("Dice", "Dice"), ("HD95", "Hausdorff95")):
+        for region in REGIONS:
+            row[f"{metric}_{region}_mean"] = float(summary["Mean"][f"{column}_{region}"])
+            row[f"{metric}_{region}_std"] = float(summary["StdDev"][f"{column}_{region}"])
+    return row
+
+
+def compared(name: str, paths: dict, args) -> dict | None:
+    """The system's row: kept from OUT/results/<name>.json, else trained, predicted and scored."""
+    done = paths["results"] / f"{name}.json"
+    if done.is_file():
+        print(f"{name}: result kept from {done}")
+        return json.loads(done.read_text())
+    system = SYSTEMS[name]
+    training = trained(name, system, paths, args)
+    if training is None:
+        return None
+    print(f"{name}: predicting {paths['validation']} ...", flush=True)
+    prediction = predicted(name, system, paths)
+    if prediction is None:
+        return None
+    row = {"system": name, **training, **prediction, **scores(name, paths),
+           "peak_bytes": max(training["train_peak_bytes"], prediction["predict_peak_bytes"]),
+           "published": system.published}
+    write_json(done, row)
+    return row
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def prepared_data(args) -> dict:
+    """The folders every system shares: synthetic cases (made or given) and their cache."""
+    import demo
+    import preprocess
+
+    data = args.data or args.out / "data"
+    if args.data is None:
+        make = (4, 2) if args.quick else (args.train_cases, args.validation_cases)
+        demo.make_data(data, *make, args.seed)
+    paths = {"train": data / "train", "validation": data / "validation",
+             "truth": data / "validation_ground_truth", "runs": args.out / "runs",
+             "predictions": args.out / "predictions", "results": args.out / "results",
+             "cache": args.cache or args.out / "cache"}
+    for key in ("train", "validation", "truth"):
+        if not paths[key].is_dir():
+            raise CompareError(f"{paths[key]}: no such folder (--data needs train, validation "
+                               f"and validation_ground_truth, as demo.py writes them)")
+    if args.cache is None:
+        status = preprocess.main([str(paths["train"]), str(paths["cache"]), "--config",
+                                  str(HERE / "configs/small.yaml"), "--jobs", "2"])
+        if status:
+            raise CompareError(f"{paths['cache']}: preprocessing failed (status {status})")
+    elif not paths["cache"].is_dir():
+        raise CompareError(f"{paths['cache']}: no such cache folder")
+    for key in ("runs", "predictions", "results"):
+        check_folder(paths[key])
+    return paths
+
+
+# ---- the table --------------------------------------------------------------------------------
+
+COLUMNS = ("system", *(f"{m}_{r}_{s}" for m in ("Dice", "HD95") for r in REGIONS
+                       for s in ("mean", "std")),
+           "parameters", "epochs", "seconds_per_step", "seconds_per_epoch", "train_seconds",
+           "seconds_per_case", "peak_bytes", "budget_minutes", "scored_cases", "published")
+
+
+def cell(row: dict, column: str) -> str:
+    value = row[column]
+    if column == "epochs":
+        return "+".join(map(str, value))
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def write_csv(rows: list, path: Path) -> None:
+    with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for row in rows:
+            writer.writerow([cell(row, c) for c in COLUMNS])
+
+
+def spread(row: dict, metric: str, region: str, form: str) -> str:
+    """`mean ± std` of one metric and region."""
+    return f"{row[f'{metric}_{region}_mean']:{form}} ± {row[f'{metric}_{region}_std']:{form}}"
+
+
+def markdown(rows: list, note: str) -> str:
+    """The comparison as a Markdown table: Dice (mean ± std), HD95 in mm, costs, published."""
+    head = (["system"] + [f"Dice {r}" for r in REGIONS] + [f"HD95 {r}" for r in REGIONS]
+            + ["parameters", "epochs", "s/step", "s/epoch", "train s", "s/case", "peak GB",
+               "published"])
+    lines = [note, "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in rows:
+        cells = ([row["system"]] + [spread(row, "Dice", r, ".3f") for r in REGIONS]
+                 + [spread(row, "HD95", r, ".1f") for r in REGIONS]
+                 + [f"{row['parameters']:,}", cell(row, "epochs"), f"{row['seconds_per_step']:.3f}",
+                    f"{row['seconds_per_epoch']:.1f}", f"{row['train_seconds']:.0f}",
+                    f"{row['seconds_per_case']:.1f}", f"{row['peak_bytes'] / 2**30:.2f}",
+                    row["published"]])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list, path: Path, title: str) -> None:
+    """Bars of mean Dice and HD95 per region and system, with the std as error bars."""
+    import figures
+
+    plt = figures.plt
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(rows)
+    for axis, metric, unit in ((axes[0], "Dice", ""), (axes[1], "HD95", " (mm)")):
+        for i, row in enumerate(rows):
+            x = np.arange(len(REGIONS)) + (i - (len(rows) - 1) / 2) * width
+            axis.bar(x, [row[f"{metric}_{r}_mean"] for r in REGIONS], width,
+                     yerr=[row[f"{metric}_{r}_std"] for r in REGIONS], capsize=2,
+                     label=row["system"])
+        axis.set_xticks(np.arange(len(REGIONS)), REGIONS)
+        axis.set_ylabel(metric + unit)
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(title)
+    figures.save(figure, path)
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def processor() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the machine type."""
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def chosen_systems(text: str) -> list:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise CompareError(f"--systems: unknown system {', '.join(unknown) or '(none)'} "
+                           f"(known: {', '.join(SYSTEMS)})")
+    return names
+
+
+@exits_cleanly(CompareError)
+def main(argv: list | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--out", type=Path, default=Path("compare"),
+                        help="folder for data, cache, runs, predictions, results and the table")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help=f"comma list (default all: {', '.join(SYSTEMS)})")
+    parser.add_argument("--budget-minutes", type=float, default=15.0,
+                        help="training time per system (default 15); each stops after the epoch "
+                             "that ends past it, or at its config's epochs")
+    parser.add_argument("--epochs", type=int, help="override every config's train.epochs")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 training and 2 validation cases, 1 epoch, 0.5 min budget")
+    parser.add_argument("--data", type=Path,
+                        help="existing folder with train, validation, validation_ground_truth")
+    parser.add_argument("--cache", type=Path, help="existing configs/small.yaml cache of --data")
+    parser.add_argument("--train-cases", type=int, default=24)
+    parser.add_argument("--validation-cases", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    names = chosen_systems(args.systems)
+    if args.quick:
+        args.epochs, args.budget_minutes = args.epochs or 1, min(args.budget_minutes, 0.5)
+    if args.budget_minutes <= 0:
+        raise CompareError(f"--budget-minutes must be positive, not {args.budget_minutes:g}")
+    check_folder(args.out)
+    # absolute: the tools run in this folder (its configs/), whatever the caller's
+    args.out, args.data, args.cache = (p if p is None else p.resolve()
+                                       for p in (args.out, args.data, args.cache))
+    paths = prepared_data(args)
+    rows = [row for row in (compared(name, paths, args) for name in names) if row is not None]
+    if not rows:
+        print("error: no system could be compared", file=sys.stderr)
+        return 1
+    note = (f"`python compare.py {' '.join(argv if argv is not None else sys.argv[1:])}`: "
+            f"{len(list(paths['train'].iterdir()))} training cases, {rows[0]['scored_cases']} "
+            f"held-out cases; budget {rows[0]['budget_minutes']:g} min per system; "
+            f"{os.cpu_count()} CPU cores ({processor()}). Dice and HD95 (mm): mean ± std "
+            f"over the cases; s/step and s/epoch without the first (tracing) epoch when there "
+            f"are more; s/case: the whole predict.py run over the cases; peak: the larger of "
+            f"training's and prediction's processes.")
+    write_csv(rows, args.out / "compare.csv")
+    text = markdown(rows, note)
+    with atomic(args.out / "compare.md") as temporary:
+        temporary.write_text(text)
+    chart(rows, args.out / "compare.png", f"{len(rows)} systems, {rows[0]['scored_cases']} "
+                                          f"held-out synthetic cases")
+    print("\n" + text)
+    print(f"wrote {args.out / 'compare.csv'}, compare.md, compare.png")
+    return 0 if len(rows) == len(names) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""compare.py --quick end to end (the EEN ensemble and Ben naceur with and without its
+post-processings), a rerun that trains nothing again, one-line refusals, and train.py's
+--max-minutes time budget."""
+import csv
+import json
+
+import pytest
+
+import compare
+import train
+
+SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp"
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One quick comparison: 4 training and 2 validation cases, one epoch per network."""
+    out = tmp_path_factory.mktemp("compare") / "out"
+    assert compare.main(["--out", str(out), "--quick", "--systems", SYSTEMS]) == 0
+    return out
+
+
+def table(out) -> dict:
+    with open(out / "compare.csv", newline="") as handle:
+        return {row["system"]: row for row in csv.DictReader(handle)}
+
+
+def test_quick_writes_the_table_with_a_row_per_system(quick):
+    rows = table(quick)
+    assert list(rows) == SYSTEMS.split(",")
+    for name, row in rows.items():
+        for region in ("ET", "WT", "TC"):
+            assert 0 <= float(row[f"Dice_{region}_mean"]) <= 1
+            assert 0 <= float(row[f"HD95_{region}_mean"]) <= 373.13
+        assert int(row["scored_cases"]) == 2
+        assert float(row["seconds_per_step"]) > 0 and float(row["seconds_per_case"]) > 0
+        assert int(row["peak_bytes"]) > 100 * 2**20  # a process that ran Keras
+        assert (quick / "results" / f"{name}.csv").is_file()
+        assert len(list((quick / "predictions" / name).glob("*.nii.gz"))) == 2
+    assert rows["een"]["epochs"] == "1+1+1+1"  # four networks, one epoch each (--quick)
+    assert int(rows["bennaceur2020"]["parameters"]) == 130_180  # the published network
+    assert int(rows["een"]["parameters"]) % 4 == 0
+    # Ben naceur is trained once and predicted twice
+    assert rows["bennaceur2020"]["train_seconds"] == rows["bennaceur2020_nopp"]["train_seconds"]
+    markdown = (quick / "compare.md").read_text()
+    assert "--quick" in markdown and "| bennaceur2020_nopp |" in markdown
+    assert "none available" in markdown
+    assert (quick / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_trains_and_predicts_nothing_again(quick, capsys):
+    kept = {p: p.stat().st_mtime_ns for p in [*quick.glob("runs/*/training.json"),
+                                              *quick.glob("runs/*.log"),
+                                              *quick.glob("predictions/*/*.nii.gz")]}
+    before = table(quick)
+    assert compare.main(["--out", str(quick), "--quick", "--systems", SYSTEMS]) == 0
+    assert "een: result kept" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    assert table(quick) == before
+
+
+def test_an_unfinished_training_is_started_afresh(tmp_path, quick):
+    """A run folder without training.json (a killed compare) is removed, then trained again."""
+    import shutil
+
+    shutil.copytree(quick / "data", tmp_path / "data")
+    run = tmp_path / "out" / "runs" / "bennaceur2020"
+    run.mkdir(parents=True)
+    (run / "stale.txt").write_text("from a killed run")
+    assert compare.main(["--out", str(tmp_path / "out"), "--quick", "--systems", "bennaceur2020",
+                         "--data", str(tmp_path / "data"), "--cache", str(quick / "cache")]) == 0
+    assert not (run / "stale.txt").exists()
+    assert json.loads((run / "training.json").read_text())["epochs"] == [1]
+
+
+def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        compare.main(["--out", str(blocker / "out"), "--quick"])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and str(blocker) in error and "\n" not in error
+    with pytest.raises(SystemExit):
+        compare.main(["--out", str(tmp_path / "x"), "--systems", "een,nnunet"])
+    error = capsys.readouterr().err.strip()
+    assert error == ("error: --systems: unknown system nnunet (known: "
+                     + ", ".join(compare.SYSTEMS) + ")")
+
+
+def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path, quick):
+    out = tmp_path / "run"
+    assert train.main(["--config", "configs/bennaceur2020_small.yaml", "--data",
+                       str(quick / "cache"), "--out", str(out), "--epochs", "3",
+                       "--max-minutes", "0.0001", "--verbose", "0"]) == 0
+    assert json.loads((out / "bennaceur2020" / "state.json").read_text())["epochs_done"] == 1
+    with open(out / "bennaceur2020" / "history.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert int(float(row["steps"])) > 0
+    assert 0 < float(row["train_seconds"]) <= float(row["epoch_seconds"])
