@@ -1,6 +1,6 @@
 """Train every system on the same synthetic cases with the same time budget, score them alike.
 
-    python compare.py --out compare                       # all systems, 15 minutes each
+    python compare.py --out compare                       # all systems, 10 minutes each
     python compare.py --out compare --budget-minutes 5 --systems een,kermi2018
     python compare.py --out compare --quick               # a few minutes in all (smoke run)
     python compare.py --out compare --data demo/data --cache demo/cache   # reuse the demo's
@@ -8,8 +8,8 @@
 Folders in, folders out. OUT/data: synthetic train, validation and validation_ground_truth (as
 demo.py writes them; --data reuses one); OUT/cache: the training cases preprocessed for
 configs/small.yaml (--cache reuses one); OUT/runs/<run>: one train.py run per system, in its own
-process (so that peak memory is the system's), for its config's epochs or until --budget-minutes
-is spent (train.py --max-minutes; the EEN ensemble splits the budget over its four networks);
+process (so that peak memory is the system's), until --budget-minutes is spent or the system's
+own early stopping ends it (train.py --max-minutes; the EEN ensemble splits the budget over its four networks);
 OUT/predictions/<system>: predict.py on the held-out validation cases, also in its own process;
 OUT/results/<system>.csv (evaluate.py's portal layout) and <system>.json (the row). Then
 OUT/compare.csv, compare.md and compare.png: Dice and HD95 per region (mean and std over the
@@ -40,6 +40,9 @@ from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REGIONS = ("ET", "WT", "TC")
+# Epochs given to train.py when --epochs is not: the budget (or a system's own early stopping)
+# ends the training, not the short epoch counts of the _small configs.
+UNTIL_BUDGET = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,7 +155,7 @@ def trained(name: str, system: System, paths: dict, args) -> dict | None:
     run.parent.mkdir(parents=True, exist_ok=True)
     argv = ["--config", str(HERE / system.config), "--data", str(paths["cache"]), "--out", str(run),
             "--max-minutes", f"{args.budget_minutes / system.networks:.6g}", "--verbose", "2",
-            *system.train, *(["--epochs", str(args.epochs)] if args.epochs else [])]
+            *system.train, "--epochs", str(args.epochs or UNTIL_BUDGET)]
     print(f"{name}: training ({args.budget_minutes:g} min budget) ...", flush=True)
     result = measured("train", argv, paths["runs"] / f"{system.run}.train.log")
     if result["status"] != 0:
@@ -370,10 +373,12 @@ def main(argv: list | None = None) -> int:
                         help="folder for data, cache, runs, predictions, results and the table")
     parser.add_argument("--systems", default=",".join(SYSTEMS),
                         help=f"comma list (default all: {', '.join(SYSTEMS)})")
-    parser.add_argument("--budget-minutes", type=float, default=15.0,
-                        help="training time per system (default 15); each stops after the epoch "
-                             "that ends past it, or at its config's epochs")
-    parser.add_argument("--epochs", type=int, help="override every config's train.epochs")
+    parser.add_argument("--budget-minutes", type=float, default=10.0,
+                        help="training time per system (default 10); each stops after the epoch "
+                             "that ends past it, or earlier by its own early stopping")
+    parser.add_argument("--epochs", type=int,
+                        help="stop every system after this many epochs too (default: the budget "
+                             "alone decides)")
     parser.add_argument("--quick", action="store_true",
                         help="4 training and 2 validation cases, 1 epoch, 0.5 min budget")
     parser.add_argument("--data", type=Path,
