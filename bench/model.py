@@ -5,8 +5,9 @@
     python bench/model.py --config configs/full_multimodal.yaml --tasks forward --rows f32,bf16
     python bench/model.py --config configs/full_multimodal.yaml --tasks train --rows bf16-remat
 
-Each row runs in its own process so that its peak memory (max RSS, model and data included) is
-its own. The baseline is how the authors' code runs: the same network in float32 with the stock
+Each row runs in its own process so that its peak memory is its own: max RSS (model and data
+included) on a CPU, the GPU's peak allocation when the Keras backend runs on one (run under
+KERAS_BACKEND=jax on a GPU machine for the JAX figures; the eager baseline row is TensorFlow's). The baseline is how the authors' code runs: the same network in float32 with the stock
 keras.layers.GroupNormalization, no XLA, called eagerly (`model(x)`; training with a
 GradientTape). The other rows are this project's paths: the fast GroupNorm and a compiled step
 (`predict_on_batch` / `train_on_batch`), in float32 or mixed bfloat16 (mixed_float16 is for
@@ -27,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rows import peak_gb, run_row  # noqa: E402
+from rows import device_name, peak_gb, run_row  # noqa: E402
 
 
 def worker(args) -> dict:
@@ -74,7 +75,8 @@ def worker(args) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    return {"seconds": min(times), "first_call": first, "peak_gb": peak_gb()}
+    return {"seconds": min(times), "first_call": first, "peak_gb": peak_gb(),
+            "device": device_name()}
 
 
 VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
@@ -135,7 +137,8 @@ def main(argv=None) -> int:
             base = base or result["seconds"]
             results[(variant, precision, xla, remat)] = result
             print(f"{name:38s}{task:>8s}{result['seconds']:9.2f}{result['seconds'] / base:8.2f}"
-                  f"{result['peak_gb']:9.2f}{result['first_call']:11.1f}", flush=True)
+                  f"{result['peak_gb']:9.2f}{result['first_call']:11.1f}  {result['device']}",
+                  flush=True)
         for precision in args.precisions.split(","):
             plain = results.get(("project", precision, False, False))
             remat = results.get(("project", precision, False, True))

@@ -10,8 +10,43 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def peak_gb() -> float:
-    """This process's peak resident memory (max RSS) in GB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    """Peak memory in GB where the work ran: the GPU's peak allocation when Keras's backend used
+    one, else this process's peak resident memory (max RSS; model and data included)."""
+    gpu = gpu_peak_bytes()
+    return (gpu if gpu is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3) / 1e9
+
+
+def gpu_peak_bytes() -> int | None:
+    """The first GPU's peak allocated bytes under the current Keras backend; None without a GPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return device.memory_stats()["peak_bytes_in_use"] if device.platform == "gpu" else None
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    return (tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            if tf.config.list_logical_devices("GPU") else None)
+
+
+def device_name() -> str:
+    """What ran the work: the GPU's name, or the CPU count."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "gpu":
+            return f"{device.device_kind} (JAX)"
+    return f"{os.cpu_count()} CPU cores ({keras.backend.backend()})" if gpu_peak_bytes() is None else "GPU"
 
 
 def run_row(script: str, arguments: list) -> dict:

@@ -1,5 +1,14 @@
-"""Shared fixtures: synthetic cases are costly (about 2 s each), so they are made once per session."""
+"""Shared fixtures: synthetic cases are costly (about 2 s each), so they are made once per session.
+
+`make test` runs the suite on two pytest-xdist workers. Each test file stays on one worker (its
+module fixtures are built once), the files with full-size networks share one worker (two full-size
+passes at once could exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures below are built once for
+both workers: the first to need one builds it under a file lock, the other waits and reuses it.
+"""
+import fcntl
 import os
+import shutil
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -9,14 +18,43 @@ import pytest  # noqa: E402
 import synthetic  # noqa: E402
 
 SEED = 7
+# Test files that must share a worker (pytest-xdist groups); any other file is a group of its own.
+SHARED_WORKER = {
+    **dict.fromkeys(("test_model.py", "test_baselines.py", "test_full_multimodal.py",
+                     "test_backbones.py"), "full_size"),
+    # analyze.py writes into the shared trained run, which test_ensemble copies
+    **dict.fromkeys(("test_analyze.py", "test_ensemble.py"), "trained_run_writers"),
+}
+
+
+def pytest_collection_modifyitems(items):
+    """xdist groups (with --dist loadgroup): a test file per worker, SHARED_WORKER's together."""
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(name, name)))
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by build(folder) once for the whole run, every worker included."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own
+    folder, complete = root / name, root / f"{name}.complete"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not complete.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            complete.touch()
+    return folder
 
 
 @pytest.fixture(scope="session")
 def brats2020_dir(tmp_path_factory):
     """Three labelled synthetic BraTS 2020 training cases."""
-    out = tmp_path_factory.mktemp("brats2020")
-    list(synthetic.write_dataset(out, 3, SEED, "brats2020"))
-    return out
+    return built_once(tmp_path_factory, "brats2020",
+                      lambda out: list(synthetic.write_dataset(out, 3, SEED, "brats2020")))
 
 
 @pytest.fixture(scope="session")
@@ -24,9 +62,10 @@ def cache_dir(tmp_path_factory, brats2020_dir):
     """The three cases preprocessed at the default crop."""
     import preprocess
 
-    out = tmp_path_factory.mktemp("cache") / "cache"
-    assert preprocess.main([str(brats2020_dir), str(out)]) == 0
-    return out
+    def build(out):
+        assert preprocess.main([str(brats2020_dir), str(out / "cache")]) == 0
+
+    return built_once(tmp_path_factory, "cache", build) / "cache"
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +73,12 @@ def small_cache(tmp_path_factory):
     """16 synthetic cases preprocessed for configs/small.yaml (3 mm, 64x64x48 around the brain)."""
     import preprocess
 
-    root = tmp_path_factory.mktemp("small")
-    list(synthetic.write_dataset(root / "raw", 16, SEED + 1, "brats2020", jobs=2))
-    assert preprocess.main([str(root / "raw"), str(root / "cache"), "--config",
-                            "configs/small.yaml", "--jobs", "2"]) == 0
-    return root / "cache"
+    def build(root):
+        list(synthetic.write_dataset(root / "raw", 16, SEED + 1, "brats2020", jobs=2))
+        assert preprocess.main([str(root / "raw"), str(root / "cache"), "--config",
+                                "configs/small.yaml", "--jobs", "2"]) == 0
+
+    return built_once(tmp_path_factory, "small", build) / "cache"
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +86,9 @@ def trained_run(tmp_path_factory, small_cache):
     """The learning check's run: the FLAIR network of the small config, 13 cases, 10 epochs."""
     import train
 
-    out = tmp_path_factory.mktemp("runs") / "small"
-    status = train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
-                         "--modality", "flair", "--out", str(out), "--epochs", "10",
-                         "--verbose", "2"])
-    assert status == 0
-    return out
+    def build(root):
+        assert train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
+                           "--modality", "flair", "--out", str(root / "small"), "--epochs", "10",
+                           "--verbose", "2"]) == 0
+
+    return built_once(tmp_path_factory, "runs", build) / "small"
