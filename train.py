@@ -326,9 +326,10 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
 
     config.model.channels is the number of modalities this network reads. `shared` (channels ->
     (model, initial state)) lets the same-shaped networks of one process train on one compiled
-    model: the next network restores the initial weights and optimizer state instead of building
-    and tracing again (about 40 s per network with the small config on 2 cores). Every network
-    therefore starts from the same initial weights.
+    model: the next network restores the initial state instead of building and tracing again
+    (about 40 s per network with the small config on 2 cores). The state is every variable of
+    model and optimizer, the random generators' seeds included, so that each network trains
+    exactly as it would alone in its own process (`--modality X`).
     """
     import keras
 
@@ -342,9 +343,8 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
         return model
     shared = {} if shared is None else shared
     if config.model.channels in shared:
-        model, (weights, optimizer_state) = shared[config.model.channels]
-        model.set_weights(weights)
-        for variable, value in zip(model.optimizer.variables, optimizer_state):
+        model, initial = shared[config.model.channels]
+        for variable, value in zip(model.variables + model.optimizer.variables, initial):
             variable.assign(value)
         return model
     optimizer = {"nadam": keras.optimizers.Nadam, "adam": keras.optimizers.Adam}[config.train.optimizer]
@@ -355,8 +355,8 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
                   metrics=losses.region_metrics(config.model.output_activation),
                   jit_compile=jit if keras.backend.backend() == "tensorflow" else "auto")
     model.optimizer.build(model.trainable_variables)
-    optimizer_state = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
-    shared[config.model.channels] = (model, (model.get_weights(), optimizer_state))
+    initial = [keras.ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables]
+    shared[config.model.channels] = (model, initial)
     return model
 
 

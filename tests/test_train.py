@@ -263,13 +263,15 @@ def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
 
 
 def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state():
-    """The second network reuses the traced model with the first's initial weights and optimizer."""
+    """The second network reuses the traced model with the first's initial state: weights,
+    optimizer and random generators."""
     from config import load_config
 
     config = load_config("configs/small.yaml")
     shared = {}
     first = train.compiled_model(config, False, None, None, shared)
     initial = [w.copy() for w in first.get_weights()]
+    start = {v.path: keras.ops.convert_to_numpy(v).copy() for v in first.variables}
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 48, 1)).astype(np.float32)
     y = (x > 1).astype(np.float32).repeat(3, axis=-1)
     first.fit(x, y, epochs=1, verbose=0)
@@ -278,5 +280,8 @@ def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_stat
     assert second is first and second.train_function is not None  # traced once
     assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 0
     assert all(np.array_equal(a, b) for a, b in zip(second.get_weights(), initial))
+    # the dropout masks too: the random generators restart where the first network's did
+    seeds = [v for v in second.variables if "seed_generator_state" in v.path]
+    assert seeds and all(np.array_equal(keras.ops.convert_to_numpy(v), start[v.path]) for v in seeds)
     assert all(not np.any(keras.ops.convert_to_numpy(v)) for v in second.optimizer.variables
                if "momentum" in v.path or "velocity" in v.path)
