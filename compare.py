@@ -9,7 +9,8 @@ Folders in, folders out. OUT/data: synthetic train, validation and validation_gr
 demo.py writes them; --data reuses one); OUT/cache: the training cases preprocessed for
 configs/small.yaml (--cache reuses one); OUT/runs/<run>: one train.py run per system, in its own
 process (so that peak memory is the system's), until --budget-minutes is spent or the system's
-own early stopping ends it (train.py --max-minutes; the EEN ensemble splits the budget over its four networks);
+own early stopping ends it (train.py --max-minutes; the EEN ensemble splits the budget over its
+four networks);
 OUT/predictions/<system>: predict.py on the held-out validation cases, also in its own process;
 OUT/results/<system>.csv (evaluate.py's portal layout) and <system>.json (the row). Then
 OUT/compare.csv, compare.md and compare.png: Dice and HD95 per region (mean and std over the

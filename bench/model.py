@@ -7,7 +7,8 @@
 
 Each row runs in its own process so that its peak memory is its own: max RSS (model and data
 included) on a CPU, the GPU's peak allocation when the Keras backend runs on one (run under
-KERAS_BACKEND=jax on a GPU machine for the JAX figures; the eager baseline row is TensorFlow's). The baseline is how the authors' code runs: the same network in float32 with the stock
+KERAS_BACKEND=jax on a GPU machine for the JAX figures; the eager baseline row is TensorFlow's).
+The baseline is how the authors' code runs: the same network in float32 with the stock
 keras.layers.GroupNormalization, no XLA, called eagerly (`model(x)`; training with a
 GradientTape). The other rows are this project's paths: the fast GroupNorm and a compiled step
 (`predict_on_batch` / `train_on_batch`), in float32 or mixed bfloat16 (mixed_float16 is for

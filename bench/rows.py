@@ -12,12 +12,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def peak_gb() -> float:
     """Peak memory in GB where the work ran: the GPU's peak allocation when Keras's backend used
     one, else this process's peak resident memory (max RSS; model and data included)."""
-    gpu = gpu_peak_bytes()
-    return (gpu if gpu is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1e3) / 1e9
+    gpu = gpu_in_use()
+    if gpu is not None:
+        return gpu[1] / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def gpu_peak_bytes() -> int | None:
-    """The first GPU's peak allocated bytes under the current Keras backend; None without a GPU."""
+def device_name() -> str:
+    """What ran the work: the GPU's name, or the number of CPU cores."""
+    import keras
+
+    gpu = gpu_in_use()
+    return gpu[0] if gpu is not None else f"{os.cpu_count()} CPU cores ({keras.backend.backend()})"
+
+
+def gpu_in_use() -> tuple | None:
+    """(name, peak allocated bytes) of the first GPU under the current Keras backend; None
+    when the backend runs on the CPU."""
     import keras
 
     backend = keras.backend.backend()
@@ -25,28 +36,20 @@ def gpu_peak_bytes() -> int | None:
         import jax
 
         device = jax.devices()[0]
-        return device.memory_stats()["peak_bytes_in_use"] if device.platform == "gpu" else None
+        if device.platform != "gpu":
+            return None
+        return f"{device.device_kind} (JAX)", device.memory_stats()["peak_bytes_in_use"]
     if backend == "torch":
         import torch
 
-        return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        if not torch.cuda.is_available():
+            return None
+        return f"{torch.cuda.get_device_name()} (PyTorch)", torch.cuda.max_memory_allocated()
     import tensorflow as tf
 
-    return (tf.config.experimental.get_memory_info("GPU:0")["peak"]
-            if tf.config.list_logical_devices("GPU") else None)
-
-
-def device_name() -> str:
-    """What ran the work: the GPU's name, or the CPU count."""
-    import keras
-
-    if keras.backend.backend() == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        if device.platform == "gpu":
-            return f"{device.device_kind} (JAX)"
-    return f"{os.cpu_count()} CPU cores ({keras.backend.backend()})" if gpu_peak_bytes() is None else "GPU"
+    if not tf.config.list_logical_devices("GPU"):
+        return None
+    return "GPU:0 (TensorFlow)", tf.config.experimental.get_memory_info("GPU:0")["peak"]
 
 
 def run_row(script: str, arguments: list) -> dict:

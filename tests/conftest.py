@@ -1,9 +1,10 @@
 """Shared fixtures: synthetic cases are costly (about 2 s each), so they are made once per session.
 
 `make test` runs the suite on two pytest-xdist workers. Each test file stays on one worker (its
-module fixtures are built once), the files with full-size networks share one worker (two full-size
-passes at once could exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures below are built once for
-both workers: the first to need one builds it under a file lock, the other waits and reuses it.
+module fixtures are built once), the files with full-size networks share one worker (two
+full-size passes at once could exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
+below are built once for both workers: the first to need one builds it under a file lock, the
+other waits and reuses it.
 """
 import fcntl
 import os

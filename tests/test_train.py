@@ -282,6 +282,7 @@ def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_stat
     assert all(np.array_equal(a, b) for a, b in zip(second.get_weights(), initial))
     # the dropout masks too: the random generators restart where the first network's did
     seeds = [v for v in second.variables if "seed_generator_state" in v.path]
-    assert seeds and all(np.array_equal(keras.ops.convert_to_numpy(v), start[v.path]) for v in seeds)
+    assert seeds and all(np.array_equal(keras.ops.convert_to_numpy(v), start[v.path])
+                         for v in seeds)
     assert all(not np.any(keras.ops.convert_to_numpy(v)) for v in second.optimizer.variables
                if "momentum" in v.path or "velocity" in v.path)
