@@ -30,6 +30,8 @@ from keras import layers, ops
 
 from config import Config, ConfigError, load_config
 from families import family_of
+import fast_layers
+from fast_layers import GroupNorm
 from outputs import exits_cleanly
 
 
@@ -90,40 +92,21 @@ DECODED_IMAGE = "decoded_image"  # what the 2D decoder hands to the 3D decoder, 
 OUTPUT = "segmentation"
 
 
-@keras.saving.register_keras_serializable("een")
-class GroupNorm(layers.GroupNormalization):
-    """keras.layers.GroupNormalization with the same weights and results, computed faster.
+class Kernels(NamedTuple):
+    """The layer classes that compute the 3D part of the network.
 
-    Keras reshapes (B, H, W, D, C) into groups and reduces over non-contiguous axes, which on CPU
-    costs more than the 3x3x3 convolution it follows. Here per-channel sums of x and x^2 (a
-    reduction that keeps the contiguous channel axis) give the group mean and variance, and one
-    fused multiply-add normalises: the same function in three passes over x, 5-8x faster on CPU.
-    Statistics are computed in float32 whatever the compute dtype; on a 3.3M-voxel map the result
-    is closer to a float64 reference than Keras's own layer (tests/test_model.py).
+    FAST (the default): fast_layers'; STOCK: plain Keras layers, how the authors' code runs and the
+    benchmarks' baseline. Both compute the same function with the same weights
+    (tests/test_fast_layers.py). Checkpoints load between networks whose classes have the same
+    names (Keras keys weights by class name): FAST and Kernels(strided_conv=layers.Conv3D), the
+    network as built before fast_layers.Conv3D, but not STOCK (GroupNormalization).
     """
 
-    def call(self, inputs, mask=None):  # mask: accepted when it replaces a BatchNormalization
-        channels = inputs.shape[-1]
-        per_group = channels // self.groups
-        spatial = tuple(range(1, len(inputs.shape) - 1))
-        x = ops.cast(inputs, "float32")
-        count = ops.cast(ops.prod(ops.shape(inputs)[1:-1]) * per_group, "float32")
-        sums = ops.reshape(ops.sum(x, axis=spatial), (-1, self.groups, per_group))
-        squares = ops.reshape(ops.sum(ops.square(x), axis=spatial), (-1, self.groups, per_group))
-        mean = ops.sum(sums, axis=-1, keepdims=True) / count
-        variance = ops.maximum(ops.sum(squares, axis=-1, keepdims=True) / count - mean * mean, 0)
-        inverse = ops.rsqrt(variance + self.epsilon)  # (B, groups, 1)
-        scale = ops.reshape(ops.broadcast_to(inverse, ops.shape(sums)), (-1, channels))
-        mean = ops.reshape(ops.broadcast_to(mean, ops.shape(sums)), (-1, channels))
-        if self.scale:
-            scale = scale * ops.cast(self.gamma, "float32")
-        shift = -mean * scale
-        if self.center:
-            shift = shift + ops.cast(self.beta, "float32")
-        broadcast = (-1,) + (1,) * len(spatial) + (channels,)
-        scale = ops.cast(ops.reshape(scale, broadcast), self.compute_dtype)
-        shift = ops.cast(ops.reshape(shift, broadcast), self.compute_dtype)
-        return ops.cast(inputs, self.compute_dtype) * scale + shift
+    norm: type = GroupNorm
+    strided_conv: type = fast_layers.Conv3D
+
+
+FAST, STOCK = Kernels(), Kernels(layers.GroupNormalization, layers.Conv3D)
 
 
 @keras.saving.register_keras_serializable("een")
@@ -214,17 +197,21 @@ def rematerialised(build, inputs: list, name: str):
     return Rematerialised(segment, name=name)(inputs)
 
 
-def shrink_depth(x, filters: int, factor: int, mode: str, name: str):
-    """Divide the depth by `factor` (H and W unchanged): strided 3x3x3 conv, or max-pool + conv."""
+def shrink_depth(x, filters: int, factor: int, mode: str, name: str, conv=fast_layers.Conv3D):
+    """Divide the depth by `factor` (H and W unchanged): strided 3x3x3 conv, or max-pool + conv.
+
+    conv: the strided convolution's class, fast_layers.Conv3D or keras's (the same function).
+    """
     if mode == "maxpool":
         x = layers.MaxPooling3D((1, 1, factor), name=f"{name}_pool")(x)
         return layers.Conv3D(filters, 3, padding="same", name=f"{name}_conv")(x)
-    return layers.Conv3D(filters, 3, strides=(1, 1, factor), padding="same", name=f"{name}_conv")(x)
+    return conv(filters, 3, strides=(1, 1, factor), padding="same", name=f"{name}_conv")(x)
 
 
-def depth_encoder(inputs, config: Config, norm=GroupNorm) -> tuple:
+def depth_encoder(inputs, config: Config, kernels: Kernels = FAST) -> tuple:
     """(H, W, D, C) -> (compressed image (H, W, 3), [3D skips at depths D, D/f1, D/(f1 f2)])."""
     m = config.model
+    norm = kernels.norm
     height, width, _ = config.data.crop_size
     f = m.encoder_filters
     x = layers.Conv3D(f[0], 3, padding="same", name="enc_stem")(inputs)
@@ -236,7 +223,8 @@ def depth_encoder(inputs, config: Config, norm=GroupNorm) -> tuple:
     x = skips[0]
     for level, (filters, factor) in enumerate(zip(f[1:], m.depth_factors), start=2):
         def level_block(t, filters=filters, factor=factor, name=f"enc{level}"):
-            t = shrink_depth(t, filters, factor, m.downsampling, f"{name}_down")
+            t = shrink_depth(t, filters, factor, m.downsampling, f"{name}_down",
+                             kernels.strided_conv)
             return residual_block(t, filters, m.groupnorm_groups, name, norm)
 
         x = (rematerialised(level_block, [x], f"enc{level}") if level in m.remat_levels
@@ -379,16 +367,16 @@ def decoder_3d(image, skips: list | None, config: Config, norm=GroupNorm):
                          name=OUTPUT)(x)
 
 
-def build_model(config: Config, norm=GroupNorm, skips_3d: bool = True) -> keras.Model:
+def build_model(config: Config, kernels: Kernels = FAST, skips_3d: bool = True) -> keras.Model:
     """The whole network for `config`: (batch, H, W, D, C) -> (batch, H, W, D, K).
 
-    `norm` is the group-normalisation layer class; keras.layers.GroupNormalization gives the
-    stock layer the benchmarks compare against (same weights, slower). skips_3d False builds the
+    kernels: FAST (fast_layers) or STOCK (plain Keras layers: how the authors' code runs, the
+    benchmarks' baseline), the same weights and function (Kernels). skips_3d False builds the
     same layers without the 3D skip additions (an ablation; the weights load by layer name).
     """
     m = config.model
     inputs = keras.Input((*config.data.crop_size, m.channels), name="volume")
-    image, skips = depth_encoder(inputs, config, norm)
+    image, skips = depth_encoder(inputs, config, kernels)
     if m.skip_dropout > 0:
         chosen = [level - 1 for level in sorted(m.skip_dropout_levels)]
         dropout = SkipDropout(m.skip_dropout, seed=config.train.seed,
@@ -398,7 +386,7 @@ def build_model(config: Config, norm=GroupNorm, skips_3d: bool = True) -> keras.
     if m.backbone_input_scale != 1:
         image = layers.Rescaling(m.backbone_input_scale, name="backbone_input_scale")(image)
     decoded = decoder_2d(backbone_maps(config, image), config)
-    outputs = decoder_3d(decoded, skips if skips_3d else None, config, norm)
+    outputs = decoder_3d(decoded, skips if skips_3d else None, config, kernels.norm)
     return keras.Model(inputs, outputs, name=f"een_{config.name}")
 
 

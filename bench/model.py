@@ -4,6 +4,8 @@
     python bench/model.py --config configs/paper.yaml --tasks train --rows f32,f32-remat
     python bench/model.py --config configs/full_multimodal.yaml --tasks forward --rows f32,bf16
     python bench/model.py --config configs/full_multimodal.yaml --tasks train --rows bf16-remat
+    python bench/model.py --config configs/small.yaml --tasks train --rows f32-before,f32 \
+        --backends tensorflow,jax     # every row under each backend, side by side
 
 Each row runs in its own process so that its peak memory is its own: max RSS (model and data
 included) on a CPU, the GPU's peak allocation when the Keras backend runs on one (run under
@@ -13,9 +15,13 @@ keras.layers.GroupNormalization, no XLA, called eagerly (`model(x)`; training wi
 GradientTape). The other rows are this project's paths: the fast GroupNorm and a compiled step
 (`predict_on_batch` / `train_on_batch`), in float32 or mixed bfloat16 (mixed_float16 is for
 GPUs: add it with --precisions), XLA off and on, and the training step with the 3D residual
-blocks rematerialised (model.remat_levels, --remat-levels; the other rows run without). Ratios are
+blocks rematerialised (model.remat_levels, --remat-levels; the other rows run without), and
+"before": the compiled float32 step of the network as built before fast_layers.Conv3D (Keras's
+strided Conv3D in the depth encoder). --backends runs the rows under each Keras backend in turn
+(the eager baseline is TensorFlow's only); --xla-flags adds XLA_FLAGS to the JAX rows. Ratios are
 against the first row of the same run (the baseline unless --rows leaves it out); the closing
-line compares rematerialisation with the same precision without it.
+lines compare rematerialisation with the same precision without it, and each backend's float32
+step with the first backend's.
 Targets on 2 CPU cores: inference <= 0.5x and <= 2.5 GB, training step <= 0.8x and <= 7.7 GB;
 rematerialised float32 training step <= 6 GB at <= 1.3x the float32 compiled step.
 """
@@ -40,13 +46,14 @@ def worker(args) -> dict:
     keras.mixed_precision.set_global_policy(args.precision)
     import losses
     from config import load_config
-    from model import build_model
+    from model import FAST, STOCK, Kernels, build_model
 
     config = load_config(args.config)
     config.model.backbone_weights = None
     config.model.remat_levels = tuple(int(level) for level in args.remat.split(",") if level)
     baseline = args.variant == "baseline"
-    model = build_model(config, norm=keras.layers.GroupNormalization) if baseline else build_model(config)
+    kernels = {"baseline": STOCK, "before": Kernels(strided_conv=keras.layers.Conv3D)}
+    model = build_model(config, kernels.get(args.variant, FAST))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, *config.data.crop_size, config.model.channels)).astype("float32")
     y = (rng.random((1, *config.data.crop_size, config.model.output_channels)) > 0.9).astype("float32")
@@ -82,6 +89,7 @@ def worker(args) -> dict:
 
 VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
     "eager": ("baseline: float32, eager, stock GN", "baseline", "float32", False, False),
+    "f32-before": ("float32, compiled, before", "before", "float32", False, False),
     "f32": ("float32, compiled", "project", "float32", False, False),
     "f32-xla": ("float32, compiled, XLA", "project", "float32", True, False),
     "bf16": ("mixed_bfloat16, compiled", "project", "mixed_bfloat16", False, False),
@@ -91,10 +99,13 @@ VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
 }
 
 
-def run_variant(config, task, variant, precision, xla, remat, repeats) -> dict:
+def run_variant(config, task, variant, precision, xla, remat, repeats, backend, xla_flags) -> dict:
     arguments = ["--config", config, "--task", task, "--variant", variant, "--precision", precision,
                  "--repeats", repeats, "--remat", remat]
-    return run_row(__file__, arguments + (["--xla"] if xla else []))
+    env = {"KERAS_BACKEND": backend}
+    if backend == "jax" and xla_flags:
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {xla_flags}".strip()
+    return run_row(__file__, arguments + (["--xla"] if xla else []), env)
 
 
 def main(argv=None) -> int:
@@ -110,6 +121,10 @@ def main(argv=None) -> int:
                              f"all; the full_multimodal config does not fit 23 GB without remat)")
     parser.add_argument("--remat-levels", default="1,2,3,4",
                         help="model.remat_levels of the remat rows (default 1,2,3,4: every 3D block)")
+    parser.add_argument("--backends", default=os.environ.get("KERAS_BACKEND", "tensorflow"),
+                        help="comma list of Keras backends to run every row under (default: "
+                             "KERAS_BACKEND, else tensorflow)")
+    parser.add_argument("--xla-flags", default="", help="XLA_FLAGS added to the JAX rows")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--variant", help=argparse.SUPPRESS)
@@ -125,29 +140,47 @@ def main(argv=None) -> int:
           f"warm-up call; remat: model.remat_levels {args.remat_levels}")
     header = f"{'':38s}{'task':>8s}{'seconds':>9s}{'x base':>8s}{'peak GB':>9s}{'1st call s':>11s}"
     print(header)
+    backends = args.backends.split(",")
     for task in args.tasks.split(","):
         base, results = None, {}
-        for name, variant, precision, xla, remat in rows:
-            if remat and task != "train":
-                continue  # rematerialisation only changes the backward pass
-            levels = args.remat_levels if remat else ""
-            result = run_variant(args.config, task, variant, precision, xla, levels, args.repeats)
-            if "error" in result:
-                print(f"{name:38s}{task:>8s}  failed: {result['error']}")
-                continue
-            base = base or result["seconds"]
-            results[(variant, precision, xla, remat)] = result
-            print(f"{name:38s}{task:>8s}{result['seconds']:9.2f}{result['seconds'] / base:8.2f}"
-                  f"{result['peak_gb']:9.2f}{result['first_call']:11.1f}  {result['device']}",
-                  flush=True)
-        for precision in args.precisions.split(","):
-            plain = results.get(("project", precision, False, False))
-            remat = results.get(("project", precision, False, True))
-            if plain and remat:
-                print(f"remat {args.remat_levels} vs none, {precision} {task}: step "
-                      f"x{remat['seconds'] / plain['seconds']:.2f}, peak {remat['peak_gb']:.2f} GB "
-                      f"vs {plain['peak_gb']:.2f} GB")
+        for backend in backends:
+            for name, variant, precision, xla, remat in rows:
+                if (remat and task != "train") or (variant == "baseline" and backend != "tensorflow"):
+                    continue  # remat only changes the backward pass; the eager baseline is TF's
+                levels = args.remat_levels if remat else ""
+                result = run_variant(args.config, task, variant, precision, xla, levels,
+                                     args.repeats, backend, args.xla_flags)
+                if "error" in result:
+                    print(f"{name:38s}{task:>8s}  failed: {result['error']}")
+                    continue
+                base = base or result["seconds"]
+                results[(backend, variant, precision, xla, remat)] = result
+                print(f"{name:38s}{task:>8s}{result['seconds']:9.2f}{result['seconds'] / base:8.2f}"
+                      f"{result['peak_gb']:9.2f}{result['first_call']:11.1f}  {result['device']}",
+                      flush=True)
+        print("\n".join(closing_lines(results, backends, args, task)))
     return 0
+
+
+def closing_lines(results: dict, backends: list, args, task: str) -> list:
+    """Remat against none per precision; each backend's float32 step against the first's."""
+    lines = []
+    for backend in backends:
+        for precision in args.precisions.split(","):
+            plain = results.get((backend, "project", precision, False, False))
+            remat = results.get((backend, "project", precision, False, True))
+            if plain and remat:
+                lines.append(f"remat {args.remat_levels} vs none, {precision} {task} ({backend}): "
+                             f"step x{remat['seconds'] / plain['seconds']:.2f}, peak "
+                             f"{remat['peak_gb']:.2f} GB vs {plain['peak_gb']:.2f} GB")
+    for variant in ("before", "project"):
+        first = results.get((backends[0], variant, "float32", False, False))
+        for backend in backends[1:]:
+            other = results.get((backend, variant, "float32", False, False))
+            if first and other:
+                lines.append(f"{backend} vs {backends[0]}, float32 {task} ({variant}): "
+                             f"x{other['seconds'] / first['seconds']:.2f}")
+    return lines
 
 
 def selected_rows(args) -> list:

@@ -54,11 +54,11 @@ def baseline(root: Path) -> dict:
 
     from brats import find_cases, load_case
     from config import load_config
-    from model import build_model
+    from model import STOCK, build_model
     from preprocess import preprocess_case
 
     config = load_config(root / "run" / "config.yaml")
-    model = build_model(config, norm=keras.layers.GroupNormalization)  # random weights: same speed
+    model = build_model(config, STOCK)  # random weights: same speed
     arrays, _ = preprocess_case(load_case(find_cases(root / "cases")[0]), (192, 160, 108))
     model(arrays["flair"][None, ..., None], training=False)  # warm-up
     start = time.perf_counter()

@@ -52,12 +52,17 @@ def gpu_in_use() -> tuple | None:
     return "GPU:0 (TensorFlow)", tf.config.experimental.get_memory_info("GPU:0")["peak"]
 
 
-def run_row(script: str, arguments: list) -> dict:
-    """Run `script --worker ARGUMENTS` in a fresh process; its last stdout line, a JSON object,
-    is the row. A failed row is {"error": its last line of stderr}."""
+def run_row(script: str, arguments: list, env: dict | None = None,
+            timeout: float | None = None) -> dict:
+    """Run `script --worker ARGUMENTS` in a fresh process (environment `env` added); its last
+    stdout line, a JSON object, is the row. A failed row is {"error": its last line of stderr},
+    one that ran past `timeout` seconds {"error": "timed out after N s"}."""
     command = [sys.executable, script, "--worker", *map(str, arguments)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])

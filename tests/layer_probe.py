@@ -1,0 +1,99 @@
+"""Run by tests/test_fast_layers.py under one Keras backend: each fast layer beside its stock twin.
+
+    KERAS_BACKEND=jax python -m tests.layer_probe OUT.npz
+
+For every case in CASES, the stock Keras layer and the fast_layers one are built with the same
+weights and called on the same input; OUT.npz holds both outputs and both gradients of
+sum(output * cotangent) with respect to the input and to every weight, named
+"<case>/<stock|fast>/<output|input_grad|weight_grad_i>".
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# (name, layer kind, input shape without batch, settings): the configs' depth factors 2, 3, 4 at
+# even and odd depths, 'same' and 'valid' padding, a bias-free layer, and the GroupNorm.
+CASES = [
+    *[(f"conv_s{s}_d{d}_{pad}", "strided_conv", (6, 5, d, 3),
+       {"filters": 4, "kernel_size": 3, "strides": (1, 1, s), "padding": pad})
+      for s in (2, 3, 4) for d in (12, 13, 7) for pad in ("same", "valid")],
+    ("conv_s3_d108_nobias", "strided_conv", (4, 3, 108, 2),
+     {"filters": 3, "kernel_size": 3, "strides": (1, 1, 3), "padding": "same", "use_bias": False}),
+    ("groupnorm_3d", "norm", (6, 5, 7, 8), {"groups": 4}),
+]
+
+
+def layer_pair(kind: str, settings: dict):
+    """(stock layer, fast layer) for one case, unbuilt."""
+    import keras
+
+    import fast_layers
+
+    if kind == "norm":
+        return (keras.layers.GroupNormalization(**settings), fast_layers.GroupNorm(**settings))
+    return keras.layers.Conv3D(**settings), fast_layers.Conv3D(**settings)
+
+
+def output_and_gradients(layer, x: np.ndarray, cotangent: np.ndarray) -> list:
+    """[output, d/dx, d/dw for each weight] of sum(layer(x) * cotangent), under this backend."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            value = tf.reduce_sum(y * cotangent)
+        grads = tape.gradient(value, [x, *[w.value for w in layer.trainable_weights]])
+        return [np.asarray(t) for t in [y, *grads]]
+    if backend == "jax":
+        import jax
+
+        trainable = [w.value for w in layer.trainable_weights]
+        others = [w.value for w in layer.non_trainable_weights]
+
+        def value(x, trainable):
+            y, _ = layer.stateless_call(trainable, others, x)
+            return (y * cotangent).sum(), y
+
+        (_, y), grads = jax.value_and_grad(value, argnums=(0, 1), has_aux=True)(x, trainable)
+        return [np.asarray(t) for t in [y, grads[0], *grads[1]]]
+    import torch
+
+    x = torch.tensor(x, requires_grad=True)
+    y = layer(x)
+    (y * torch.tensor(cotangent)).sum().backward()
+    return [t.detach().numpy() for t in [y, x.grad, *[w.value.grad for w in layer.trainable_weights]]]
+
+
+def main(argv: list) -> int:
+    rng = np.random.default_rng(0)
+    results = {}
+    for name, kind, shape, settings in CASES:
+        x = rng.standard_normal((2, *shape)).astype("float32")
+        stock, fast = layer_pair(kind, settings)
+        y = stock(x)
+        fast.build(x.shape)
+        weights = [rng.standard_normal(w.shape).astype("float32") for w in stock.get_weights()]
+        stock.set_weights(weights)
+        fast.set_weights(weights)
+        cotangent = rng.standard_normal(tuple(y.shape)).astype("float32")
+        for label, layer in (("stock", stock), ("fast", fast)):
+            output, input_grad, *weight_grads = output_and_gradients(layer, x, cotangent)
+            results[f"{name}/{label}/output"] = output
+            results[f"{name}/{label}/input_grad"] = input_grad
+            for i, grad in enumerate(weight_grads):
+                results[f"{name}/{label}/weight_grad_{i}"] = grad
+    np.savez(argv[0], **results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""fast_layers computes the stock layers' function with their weights, on every installed backend;
+checkpoints saved with the stock layers load into the fast network and give the same outputs."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+import model as een
+from config import load_config
+import fast_layers
+from fast_layers import depth_folding
+from tests.layer_probe import CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = [b for b in ("tensorflow", "jax", "torch")
+            if importlib.util.find_spec({"tensorflow": "tensorflow"}.get(b, b))]
+
+
+def probe(backend: str, out: Path) -> dict:
+    """tests/layer_probe.py's results under `backend` (a process of its own)."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    subprocess.run([sys.executable, "-m", "tests.layer_probe", str(out)], cwd=ROOT, env=env,
+                   check=True, capture_output=True)
+    return dict(np.load(out))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fast_layers_equal_stock_outputs_and_gradients(backend, tmp_path):
+    results = probe(backend, tmp_path / f"{backend}.npz")
+    for name, *_ in CASES:
+        keys = sorted(k.split("/", 2)[2] for k in results if k.startswith(f"{name}/stock/"))
+        assert {"output", "input_grad", "weight_grad_0"} <= set(keys), name
+        for key in keys:
+            stock, fast = results[f"{name}/stock/{key}"], results[f"{name}/fast/{key}"]
+            assert stock.shape == fast.shape, (name, key)
+            scale = max(1.0, float(np.abs(stock).max()))
+            np.testing.assert_allclose(fast, stock, rtol=0, atol=2e-5 * scale, err_msg=f"{name} {key}")
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_depth_folding_reads_each_slice_a_strided_convolution_reads(stride):
+    """Every (output, tap) pair reads the same input slice folded as unfolded, over many sizes."""
+    for depth in range(stride, 40):
+        for padding in ("same", "valid"):
+            folding = depth_folding(depth, 3, stride, padding)
+            assert folding is not None, (depth, padding)
+            shift, blocks, kb = folding
+            assert kb == (2 if stride == 2 else 1)
+            out = -(-depth // stride) if padding == "same" else (depth - 3) // stride + 1
+            assert blocks == (out if padding == "same" else out + kb - 1)
+
+
+def test_fast_network_holds_the_stock_networks_weights_and_function(tmp_path):
+    """The strided encoder convolutions are fast_layers.Conv3D; a checkpoint written by the
+    network with Keras's Conv3D there (how the code saved it before) loads, by .weights.h5 and by
+    .keras, into the same parameters and gives the same outputs."""
+    values = yaml.safe_load((ROOT / "configs" / "small.yaml").read_text())
+    values["data"]["crop_size"] = [32, 32, 72]
+    values["model"].update(depth_factors=[2, 3, 4], encoder_filters=[8, 8, 8, 8],
+                           decoder_filters=[16, 16, 8, 8], skip_dropout=0.0)
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    config = load_config(path)
+    stock = een.build_model(config, een.Kernels(strided_conv=keras.layers.Conv3D))
+    fast = een.build_model(config)
+    assert isinstance(fast.get_layer("enc2_down_conv"), fast_layers.Conv3D)
+    assert type(stock.get_layer("enc2_down_conv")) is keras.layers.Conv3D
+    assert fast.count_params() == stock.count_params()
+    def paths(network):  # automatic names inside the backbone count up from build to build
+        return [re.sub(r"_\d+/", "/", w.path) for w in network.weights]
+
+    assert paths(fast) == paths(stock)
+    assert [w.shape for w in fast.weights] == [w.shape for w in stock.weights]
+    x = np.random.default_rng(1).standard_normal((1, 32, 32, 72, 1)).astype("float32")
+    stock.save_weights(tmp_path / "stock.weights.h5")
+    stock.save(tmp_path / "stock.keras")
+    fast.load_weights(tmp_path / "stock.weights.h5")
+    expected = np.asarray(stock.predict_on_batch(x))
+    np.testing.assert_allclose(np.asarray(fast.predict_on_batch(x)), expected, atol=1e-4)
+    reloaded = keras.saving.load_model(tmp_path / "stock.keras")
+    np.testing.assert_allclose(np.asarray(reloaded.predict_on_batch(x)), expected, atol=1e-4)
+    fast.save(tmp_path / "fast.keras")  # and the fast network's own .keras file round-trips
+    again = keras.saving.load_model(tmp_path / "fast.keras")
+    assert isinstance(again.get_layer("enc2_down_conv"), fast_layers.Conv3D)
+    np.testing.assert_allclose(np.asarray(again.predict_on_batch(x)), expected, atol=1e-4)
+
