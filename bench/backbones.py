@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rows import peak_gb, run_row  # noqa: E402
+from rows import compiled_for_training, peak_gb, run_row, training_batch  # noqa: E402
 
 DEFAULT = ("EfficientNetB0,EfficientNetV2B0,EfficientNetV2S,ResNet50V2,DenseNet121,ConvNeXtTiny,"
            "MobileNetV3Large")
@@ -25,10 +25,6 @@ DEFAULT = ("EfficientNetB0,EfficientNetV2B0,EfficientNetV2S,ResNet50V2,DenseNet1
 
 def worker(args) -> dict:
     """Build the config with one backbone, time its training step, return its figures."""
-    import keras
-    import numpy as np
-
-    import losses
     from config import load_config
     from model import build_model
 
@@ -37,11 +33,8 @@ def worker(args) -> dict:
     config.model.backbone_weights = None
     model = build_model(config)
     encoder = model.get_layer(f"{args.backbone.lower()}_encoder")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, *config.data.crop_size, config.model.channels)).astype("float32")
-    y = (rng.random((1, *config.data.crop_size, config.model.output_channels)) > 0.9).astype("float32")
-    model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
-                  loss=losses.DiceCrossEntropy(config.model.output_activation))
+    x, y = training_batch(config)
+    compiled_for_training(model, config)
     start = time.perf_counter()
     model.train_on_batch(x, y)
     first = time.perf_counter() - start

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's modules before bench/'s namesakes (model, ...)
 
-from rows import device_name, peak_gb, run_row  # noqa: E402
+from rows import compiled_for_training, device_name, peak_gb, run_row, training_batch  # noqa: E402
 
 NHWC = "--xla_gpu_force_conv_nhwc=true"
 # key: (backend, precision, kernels, XLA flags, task)
@@ -86,19 +86,13 @@ def load(config_path: str, precision: str):
 def step_row(args) -> dict:
     """Compiled training-step seconds, first-call seconds and peak memory, batch 1."""
     import keras
-    import numpy as np
 
-    import losses
     from model import FAST, Kernels, build_model
 
     config = load(args.config, args.precision)
     kernels = FAST if args.kernels == "fast" else Kernels(strided_conv=keras.layers.Conv3D)
-    model = build_model(config, kernels)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, *config.data.crop_size, config.model.channels)).astype("float32")
-    y = (rng.random((1, *config.data.crop_size, config.model.output_channels)) > 0.9).astype("float32")
-    model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
-                  loss=losses.DiceCrossEntropy(config.model.output_activation))
+    model = compiled_for_training(build_model(config, kernels), config)
+    x, y = training_batch(config)
     start = time.perf_counter()
     float(model.train_on_batch(x, y))  # compiles; float() waits for the device
     first = time.perf_counter() - start
@@ -154,7 +148,8 @@ def layers_row(args) -> dict:
     import layers as layer_bench
 
     load(args.config, args.precision)  # the precision policy
-    rows, step, flops = layer_bench.measure(args.config, 1, backbone_block=True,
+    match = "^enc" if args.dry else ""  # dry: the 3D encoder's layers only, compiled quickly
+    rows, step, flops = layer_bench.measure(args.config, 1, match=match, backbone_block=True,
                                             turn=lambda: timing_turn(args.lock))
     return {"table": layer_bench.table(rows, step, 10), "seconds": step, "tflop": flops / 1e12,
             "peak_gb": peak_gb(), "device": device_name(), "first_call": float("nan")}
@@ -173,7 +168,7 @@ def run(key: str, args, config: str, lock: str) -> dict:
     if flags:
         env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
     arguments = ["--config", config, "--task", task, "--precision", precision, "--kernels", kernels,
-                 "--repeats", args.repeats, "--lock", lock]
+                 "--repeats", args.repeats, "--lock", lock] + (["--dry-worker"] if args.dry else [])
     started = time.perf_counter()
     result = run_row(__file__, arguments, env, args.row_timeout)
     return {**result, "row": key, "backend": backend, "precision": precision, "kernels": kernels,
@@ -206,7 +201,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/paper.yaml")
     parser.add_argument("--dry", action="store_true",
-                        help="a tiny config, one repeat, one process at a time (a CPU check)")
+                        help="a CPU check: a tiny config, one repeat, two rows at a time, the "
+                             "layers row on the 3D encoder only")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per row (default 5)")
     parser.add_argument("--parallel", type=int, default=3, help="rows compiling at once (default 3)")
@@ -214,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     for hidden in ("--task", "--precision", "--kernels", "--lock"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
+    parser.add_argument("--dry-worker", dest="dry", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -226,7 +223,7 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     config = str(tiny_config(args.out)) if args.dry else args.config
     if args.dry:
-        args.repeats, args.parallel = 1, 1
+        args.repeats, args.parallel = 1, min(args.parallel, 2)
     lock = str(args.out / "gpu.lock")
     started = time.perf_counter()
     with ThreadPoolExecutor(args.parallel) as pool:

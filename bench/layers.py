@@ -184,17 +184,10 @@ def time_layer(layer, repeats: int, turn=contextlib.nullcontext) -> tuple[float,
 
 def whole_step(model, config, repeats: int, turn=contextlib.nullcontext) -> float:
     """Seconds of the network's compiled training step (Nadam, the project's loss), batch 1."""
-    import keras
-    import numpy as np
+    from rows import compiled_for_training, training_batch
 
-    import losses
-
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, *model.input_shape[1:])).astype("float32")
-    y = (rng.random((1, *model.output_shape[1:])) > 0.9).astype("float32")
-    model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
-                  loss=losses.DiceCrossEntropy(config.model.output_activation))
-    model.train_on_batch(x, y)
+    x, y = training_batch(config)
+    compiled_for_training(model, config).train_on_batch(x, y)
     with turn():
         return time_call(lambda: model.train_on_batch(x, y), repeats)
 

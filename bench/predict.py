@@ -49,7 +49,6 @@ def make_run(root: Path) -> Path:
 
 def baseline(root: Path) -> dict:
     """Four eager float32 forward passes with the stock GroupNormalization on one case."""
-    import keras
     import numpy as np
 
     from brats import find_cases, load_case

@@ -66,3 +66,25 @@ def run_row(script: str, arguments: list, env: dict | None = None,
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def training_batch(config) -> tuple:
+    """A random batch of one case for `config`'s network: x (1, H, W, D, C), y (1, H, W, D, K)
+    with about a tenth of the voxels in each region."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1, *config.data.crop_size, config.model.channels)).astype("float32")
+    y = (rng.random((1, *config.data.crop_size, config.model.output_channels)) > 0.9).astype("float32")
+    return x, y
+
+
+def compiled_for_training(model, config):
+    """`model` compiled as train.py trains the EEN: Nadam at the config's rate, the project's loss."""
+    import keras
+
+    import losses
+
+    model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
+                  loss=losses.DiceCrossEntropy(config.model.output_activation))
+    return model
