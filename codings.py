@@ -8,8 +8,8 @@ label map is in (SPEC.md sections 5b and 7).
 A label map is read in one coding only: stated by the user, given by the layout it came in, or
 recognised from the label values it holds. Values that fit no candidate coding are an error naming
 them; values that fit two codings that read them differently are read in the preferred one, with a
-note saying so. `recode` writes a map in another coding (each label becomes the first label of the
-target that lies in the same regions), `layout_coding` names the coding of a case's edition.
+note saying so. `recode` writes a map in another coding (each label becomes the target label that
+lies in the same regions: itself if it does, else the smallest), `layout_coding` names the coding of a case's edition.
 """
 from __future__ import annotations
 
@@ -127,13 +127,14 @@ def layout_coding(layout: str, case_id: str) -> str:
 
 
 def recoding(source: str, target: str) -> dict:
-    """source label -> target label lying in the same regions (the first such); CodingError for a
-    label the target cannot express."""
+    """source label -> target label lying in the same regions (the label itself if it does, else
+    the smallest such); labels the target cannot express are left out."""
     targets = CODINGS[target].labels
     mapping = {}
     for label in CODINGS[source].labels:
         reading = _reading(source, (label,))
-        same = [t for t in targets if _reading(target, (t,)) == reading]
+        same = sorted((t != label, t) for t in targets if _reading(target, (t,)) == reading)
+        same = [t for _, t in same]  # the label itself first: RC stays RC, not background
         if same:
             mapping[label] = same[0]
     return mapping
