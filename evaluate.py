@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import sys
 import tempfile
@@ -409,7 +410,10 @@ def check_official() -> None:
 
 def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True,
              scoring: Scoring = Scoring()) -> list:
-    """Score every ground-truth case; a case whose ground truth cannot be read is skipped."""
+    """Score every ground-truth case; a case whose ground truth cannot be read is skipped. The
+    codings that predict.py recorded beside the predictions are read here unless given."""
+    if not scoring.stored:
+        scoring = dataclasses.replace(scoring, stored=stored_codings(prediction_dir))
     truths = find_label_files(truth_dir)
     if not truths:
         raise CaseError(f"{truth_dir}: no ground-truth label maps found")
@@ -443,8 +447,7 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.predictions.is_dir():
         parser.exit(2, f"error: {args.predictions}: not a folder\n")
-    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding,
-                      stored_codings(args.predictions))
+    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding)
     if scoring.official:
         check_official()
     check_file(args.out)
