@@ -188,7 +188,7 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     The label map is written last: its presence marks the case finished for a rerun.
     """
     case = load_case(dataclasses.replace(files, seg=None))  # labels unread: any edition's will do
-    coding = args.codings.get(case.id, "brats2020")
+    coding = getattr(args, "codings", {}).get(case.id, "brats2020")  # default: the 2020 coding
     if config.model.family != "een":  # a baseline: its own whole-grid inference, no TTA
         network = networks[0]
         labels = families.predicted_labels(network.activate(), case, network.modalities, config,
