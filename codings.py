@@ -3,15 +3,19 @@ label map is in (SPEC.md sections 5b and 7).
 
     coding, note = recognise(values, candidates=("brats2023", "brats2020"), preferred="brats2023")
     masks = region_masks(labels, coding)     # {"WT": bool (X, Y, Z), "TC": ..., "ET": ...}
+    written = recode(labels, "brats2020", layout_coding("brats2023", "BraTS-GLI-00001-000"))
 
 A label map is read in one coding only: stated by the user, given by the layout it came in, or
 recognised from the label values it holds. Values that fit no candidate coding are an error naming
 them; values that fit two codings that read them differently are read in the preferred one, with a
-note saying so.
+note saying so. `recode` writes a map in another coding (each label becomes the target label that
+lies in the same regions: itself if it does, else the smallest), `layout_coding` names the coding of a case's edition.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -30,18 +34,35 @@ class Coding:
     labels: tuple
     regions: dict  # region -> labels
     described: str
+    names: dict  # label -> what it marks (the edition's abbreviations)
 
 
 CODINGS = {c.name: c for c in (
     Coding("brats2020", (0, 1, 2, 4), {"WT": (1, 2, 4), "TC": (1, 4), "ET": (4,)},
-           "ET = 4: 1 necrosis, 2 edema, 4 enhancing (BraTS 2017-2021, this project's predictions)"),
+           "ET = 4: 1 necrosis, 2 edema, 4 enhancing (BraTS 2017-2021, this project's predictions)",
+           {1: "NCR/NET", 2: "ED", 4: "ET"}),
     Coding("brats2023", (0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-           "ET = 3: 1 NETC, 2 SNFH, 3 ET (BraTS 2023+)"),
+           "ET = 3: 1 NETC, 2 SNFH, 3 ET (BraTS 2023+)", {1: "NETC", 2: "SNFH", 3: "ET"}),
     Coding("brats2024-post", (0, 1, 2, 3, 4), {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)},
-           "ET = 3 and 4 resection cavity, outside WT/TC/ET (BraTS 2024 post-treatment GLI, MET)"),
+           "ET = 3 and 4 resection cavity (RC), outside WT/TC/ET (BraTS 2024/2025 post-treatment "
+           "GLI, MET)", {1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}),
     Coding("brats2024-ped", (0, 1, 2, 3, 4), {"WT": (1, 2, 3, 4), "TC": (1, 2, 3), "ET": (1,)},
-           "ET = 1: 2 non-enhancing, 3 cyst, 4 edema (BraTS 2024 PED)"),
+           "ET = 1: 2 non-enhancing, 3 cyst, 4 edema (BraTS 2024/2025 PED)",
+           {1: "ET", 2: "NET", 3: "CC", 4: "ED"}),
+    Coding("brats2024-men-rt", (0, 1), {"WT": (1,), "TC": (1,), "ET": ()},
+           "1 GTV, gross tumour volume (BraTS 2024/2025 MEN-RT)", {1: "GTV"}),
+    Coding("msd", (0, 1, 2, 3), {"WT": (1, 2, 3), "TC": (2, 3), "ET": (3,)},
+           "ET = 3: 1 edema, 2 non-enhancing, 3 enhancing (Medical Segmentation Decathlon Task01)",
+           {1: "edema", 2: "non-enhancing", 3: "enhancing"}),
 )}
+RESECTION_CAVITY = 4  # BraTS 2024/2025 post-treatment label outside every tumour region
+
+# The coding a case's edition expects, from the layout brats.py recognised and, for 2023+ cases,
+# the task in the case id (BraTS-PED-...): the paediatric task codes ET = 1 since 2024.
+LAYOUT_CODINGS = {"brats2018": "brats2020", "brats2020": "brats2020", "brats2021": "brats2020",
+                  "brats2023": "brats2023", "msd": "msd"}
+TASK_CODINGS = {"PED": "brats2024-ped"}
+STORED = "codings.json"  # beside predictions: {"cases": {case id: coding}}, written by predict.py
 
 
 def label_values(labels: np.ndarray) -> tuple:
@@ -93,3 +114,59 @@ def region_masks(labels: np.ndarray, coding: str) -> dict:
         bits[list(CODINGS[coding].regions[region])] |= 1 << bit
     codes = bits[labels.astype(np.uint8, copy=False)]
     return {region: (codes & (1 << bit)) != 0 for bit, region in enumerate(REGIONS)}
+
+
+def layout_coding(layout: str, case_id: str) -> str:
+    """The label coding a case's edition expects: brats.py's layout, refined by the 2023+ task."""
+    coding = LAYOUT_CODINGS[layout]
+    if layout == "brats2023":
+        parts = case_id.split("-")
+        task = parts[1].upper() if len(parts) > 2 else ""
+        coding = TASK_CODINGS.get(task, coding)
+    return coding
+
+
+def recoding(source: str, target: str) -> dict:
+    """source label -> target label lying in the same regions (the label itself if it does, else
+    the smallest such); labels the target cannot express are left out."""
+    targets = CODINGS[target].labels
+    mapping = {}
+    for label in CODINGS[source].labels:
+        reading = _reading(source, (label,))
+        same = sorted((t != label, t) for t in targets if _reading(target, (t,)) == reading)
+        same = [t for _, t in same]  # the label itself first: RC stays RC, not background
+        if same:
+            mapping[label] = same[0]
+    return mapping
+
+
+def recode(labels: np.ndarray, source: str, target: str) -> np.ndarray:
+    """A label map of coding `source` written in coding `target` (uint8); CodingError when it holds
+    a label the target cannot express (a BraTS 2020 edema in the MEN-RT coding)."""
+    mapping = recoding(source, target)
+    values = label_values(labels)
+    check_fits(values, source)
+    lost = [v for v in values if v not in mapping]
+    if lost:
+        raise CodingError(f"label values {_shown(lost)} of the {source} coding have no "
+                          f"counterpart in the {target} coding {_shown(CODINGS[target].labels)}")
+    lookup = np.zeros(256, np.uint8)
+    for label, written in mapping.items():
+        lookup[label] = written
+    return lookup[labels.astype(np.uint8, copy=False)]
+
+
+def stored_codings(folder) -> dict:
+    """case id -> coding that predict.py recorded in `folder`/codings.json ({} when there is none);
+    CodingError naming the file when it is unreadable or names an unknown coding."""
+    path = Path(folder) / STORED
+    if not path.is_file():
+        return {}
+    try:
+        cases = json.loads(path.read_text())["cases"]
+        unknown = sorted({c for c in cases.values() if c not in CODINGS})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CodingError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    if unknown:
+        raise CodingError(f"{path}: unknown coding {unknown[0]} (known: {', '.join(CODINGS)})")
+    return dict(cases)

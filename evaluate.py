@@ -1,8 +1,9 @@
-"""Score predicted label maps by the BraTS 2020 online evaluation (SPEC.md section 5) or by the
-lesion-wise rules of BraTS 2023/2024 (section 7, lesionwise.py).
+"""Score predicted label maps by the BraTS 2020 online evaluation (SPEC.md section 5), by the
+lesion-wise rules of BraTS 2023/2024 (section 7, lesionwise.py) or by the BraTS 2025 official package.
 
     python evaluate.py predictions/ MICCAI_BraTS2020_ValidationData_ground_truth/ --out results.csv
     python evaluate.py predictions/ BraTS2023-GLI-ground-truth/ --convention brats2023-gli
+    python evaluate.py predictions/ BraTS2025-GLI-ground-truth/ --convention brats2025-gli
 
 --convention brats2020 (the default), per case and region (WT, TC, ET): Dice, Hausdorff95 in mm
 (from the voxel spacing), sensitivity and specificity. Empty regions follow CaPTk: both empty ->
@@ -18,27 +19,41 @@ sensitivity, specificity and the numbers of true-positive, false-positive and fa
 lesions; its CSV starts with a `# convention:` line naming the edition and its parameters. A
 missing or unusable prediction misses every lesion and gets the worst scores.
 
-Label codings (ET = 4 of BraTS 2017-2021, ET = 3 of 2023+, BraTS 2024 PED's own) are recognised
-per file: ground truth from its layout (`_seg` 2020 coding, `-seg` the edition's), files named
-after their case and predictions from the labels they hold; --pred-coding and --gt-coding state
-them. A prediction whose labels fit no coding, or not the stated one, is named and penalised.
---out is checked before any scoring, and the table is printed before the CSV is written, so it is
-on screen even when writing fails.
+A BraTS 2025 convention (brats2025-gli, -ped, -met, -men-rt, -men-pre, -goat) scores each case
+with the challenge's own package, brats-evaluation on panoptica (brats2025.py): per region of the
+task's config, panoptic, segmentation and recognition quality (pq_dsc, sq_dsc, all_instance_f1),
+lesion-wise and global DSC, HD95 and NSD and lesion counts, as its parser reports them; a region
+empty in both maps is NaN and left out of the statistics.
+
+Label codings (ET = 4 of BraTS 2017-2021, ET = 3 of 2023+, BraTS 2024 PED's own, MSD's, RC = 4 of
+the post-treatment data) are found per file: ground truth from its layout (`_seg` 2020 coding,
+`-seg` the edition's, MSD's labelsTr), files named after their case and predictions from the
+codings.json that predict.py leaves beside them, else from the labels they hold; --pred-coding and
+--gt-coding state them. A prediction whose labels fit no coding, or not the stated one, stops the
+run with one line naming the file and its labels, and no CSV is written. --out is checked before
+any scoring, and the table is printed before the CSV is written, so it is on screen even when
+writing fails.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import sys
-from dataclasses import dataclass
+import tempfile
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
+import brats2025
 import lesionwise
 from brats import CaseError, convert_labels, find_label_files, read_nifti, strip_nii
-from codings import CODINGS, REGIONS, CodingError, check_fits, label_values, recognise, region_masks
+from codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, layout_coding,
+                     recognise, recode, recoding, region_masks, stored_codings)
 from metrics import dice, hausdorff95, sensitivity, specificity
 from outputs import atomic, check_file, exits_cleanly
 
@@ -46,7 +61,11 @@ METRICS = ("Dice", "Sensitivity", "Specificity", "Hausdorff95")
 EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.1287...
 STATISTICS = ("Mean", "StdDev", "Median", "25quantile", "75quantile")
 BRATS2020 = "brats2020: BraTS 2020 online evaluation (CaPTk), whole-region"
-CONVENTIONS = ("brats2020", *lesionwise.CONVENTIONS)
+CONVENTIONS = ("brats2020", *lesionwise.CONVENTIONS, *brats2025.CONVENTIONS)
+
+
+class PredictionError(Exception):
+    """A prediction whose labels do not fit the chosen coding: the run stops, naming the file."""
 
 
 # ---- BraTS 2020 rules -------------------------------------------------------------------------
@@ -79,31 +98,41 @@ def case_scores(prediction: dict, truth: dict, spacing: tuple) -> dict:
 
 @dataclass(frozen=True)
 class Scoring:
-    """Which rules score the cases and how the label maps are coded ("auto": recognised)."""
+    """Which rules score the cases and how the label maps are coded ("auto": recorded beside the
+    predictions in `stored`, case id -> coding, else recognised)."""
 
     convention: str = "brats2020"
     pred_coding: str = "auto"
     gt_coding: str = "auto"
+    stored: dict = field(default_factory=dict)
 
     @property
     def lesion_wise(self) -> lesionwise.Convention | None:
         return lesionwise.CONVENTIONS.get(self.convention)
 
     @property
+    def official(self) -> brats2025.Convention | None:
+        return brats2025.CONVENTIONS.get(self.convention)
+
+    @property
     def native(self) -> str:
         """The label coding of the convention's own edition."""
-        return self.lesion_wise.coding if self.lesion_wise else "brats2020"
+        edition = self.lesion_wise or self.official
+        return edition.coding if edition else "brats2020"
 
     @property
     def candidates(self) -> tuple:
         return tuple(dict.fromkeys((self.native, "brats2020", "brats2023")))
 
     def describe(self) -> str:
-        return self.lesion_wise.describe() if self.lesion_wise else BRATS2020
+        edition = self.lesion_wise or self.official
+        return edition.describe() if edition else BRATS2020
 
     def columns(self) -> list:
         if self.lesion_wise:
             return lesionwise.columns()
+        if self.official:
+            return brats2025.columns(self.official)
         return [f"{m}_{r}" for m in METRICS for r in REGIONS]
 
 
@@ -119,12 +148,12 @@ def read_label_map(path: Path, what: str) -> tuple:
 
 def _layout_coding(case_id: str, truth_file: tuple, values: tuple, scoring: Scoring) -> str:
     """The coding of a ground truth none is stated for: `_seg` files 2020, `-seg` files the
-    edition's, a file named after its case (no layout to go by) recognised from its values."""
+    convention's edition's (under brats2020 the case's: BraTS-PED ET = 1, others ET = 3), a file named after its case (no layout to go by) recognised from its values."""
     path, layout = truth_file
     if strip_nii(path.name) == case_id:
         return recognise(values, scoring.candidates, scoring.native)[0]
     if layout == "brats2023":
-        return scoring.native if scoring.native != "brats2020" else "brats2023"
+        return scoring.native if scoring.native != "brats2020" else layout_coding(layout, case_id)
     return "brats2020"
 
 
@@ -145,14 +174,26 @@ def truth_masks(case_id: str, truth_file: tuple, scoring: Scoring) -> tuple:
     return region_masks(data, coding), img
 
 
-def prediction_masks(data: np.ndarray, scoring: Scoring) -> tuple:
+def prediction_coding(values: tuple, scoring: Scoring, case_id: str = "") -> tuple:
+    """(coding, note) of a prediction holding `values`: stated, recorded by predict.py, or
+    recognised; CodingError when its labels fit no usable coding."""
+    stated = scoring.pred_coding if scoring.pred_coding != "auto" else scoring.stored.get(case_id)
+    if stated:
+        check_fits(values, stated)
+        return stated, ""
+    return recognise(values, scoring.candidates, scoring.native)
+
+
+def prediction_masks(data: np.ndarray, scoring: Scoring, case_id: str = "") -> tuple:
     """(region masks, note) of a prediction; CodingError when its labels fit no usable coding."""
-    values = label_values(data)
-    if scoring.pred_coding != "auto":
-        check_fits(values, scoring.pred_coding)
-        return region_masks(data, scoring.pred_coding), ""
-    coding, note = recognise(values, scoring.candidates, scoring.native)
+    coding, note = prediction_coding(label_values(data), scoring, case_id)
     return region_masks(data, coding), note
+
+
+def unfit(path: Path, labels: np.ndarray, error: CodingError) -> PredictionError:
+    """The one-line error of a prediction whose labels do not fit: the file and what it holds."""
+    shown = "{" + ", ".join(f"{v:g}" for v in label_values(labels)) + "}"
+    return PredictionError(f"{path}: holds labels {shown}: {error}")
 
 
 # ---- one case, many cases ---------------------------------------------------------------------
@@ -172,6 +213,8 @@ def find_prediction(case_id: str, prediction_dir: Path) -> Path | None:
 
 def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
                scoring: Scoring = Scoring()) -> Scored:
+    if scoring.official:
+        return score_official(case_id, truth_file, prediction_dir, scoring)
     truth, truth_img = truth_masks(case_id, truth_file, scoring)
     spacing = tuple(float(v) for v in truth_img.header.get_zooms()[:3])
     convention = scoring.lesion_wise
@@ -187,11 +230,12 @@ def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
         return penalised("no prediction")
     try:
         prediction_img, labels = read_label_map(path, case_id)
-        prediction, note = prediction_masks(labels, scoring)
     except CaseError as error:
         return penalised(str(error).split(": ", 1)[-1])
+    try:
+        prediction, note = prediction_masks(labels, scoring, case_id)
     except CodingError as error:
-        return penalised(f"{path.name}: {error}")
+        raise unfit(path, labels, error) from None
     shape = truth["WT"].shape
     if labels.shape != shape or not np.allclose(prediction_img.affine, truth_img.affine, atol=1e-3):
         return penalised(f"{path.name} is misaligned with the ground truth "
@@ -201,13 +245,87 @@ def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
     return Scored(case_id, case_scores(prediction, truth, spacing), note=note)
 
 
-def statistics(rows: list) -> dict:
-    """The portal's summary rows over the cases."""
+# ---- BraTS 2025: the official package -----------------------------------------------------------
+
+def in_coding(path: Path, img, labels: np.ndarray, coding: str, native: str, temporary: Path) -> Path:
+    """The file to hand the official package: `path` itself when its labels already mean the same
+    in the task's coding, else the labels recoded into it, written to `temporary` with the same
+    geometry. CodingError for a label the task's coding cannot express."""
+    values = label_values(labels)
+    mapping = recoding(coding, native)
+    if all(mapping.get(v) == v for v in values):
+        return path
+    recoded = recode(labels, coding, native)
+    header = img.header.copy()
+    header.set_data_dtype(np.uint8)
+    nib.save(nib.Nifti1Image(recoded, img.affine, header), str(temporary))
+    return temporary
+
+
+def official_truth(case_id: str, truth_file: tuple, scoring: Scoring, folder: Path) -> tuple:
+    """(file in the task's coding, NIfTI image) of a ground truth."""
+    path, layout = truth_file
+    img, data = read_label_map(path, case_id)
+    values = label_values(data)
+    try:
+        coding = scoring.gt_coding
+        if coding == "auto":
+            coding = "msd" if layout == "msd" else _layout_coding(case_id, truth_file, values, scoring)
+        check_fits(values, coding)
+        return in_coding(path, img, data, coding, scoring.native, folder / "truth.nii.gz"), img
+    except CodingError as error:
+        raise CaseError(f"{case_id}: {path.name}: {error}") from None
+
+
+def score_official(case_id: str, truth_file: tuple, prediction_dir: Path, scoring: Scoring) -> Scored:
+    """One case scored by the BraTS 2025 package; a missing, unreadable or misaligned prediction
+    gets the row its parser gives a missing subject."""
+    convention = scoring.official
+
+    def penalised(problem: str) -> Scored:
+        return Scored(case_id, brats2025.penalty_row(convention), problem)
+
+    with tempfile.TemporaryDirectory(prefix="brats2025-") as folder:
+        truth, truth_img = official_truth(case_id, truth_file, scoring, Path(folder))
+        path = find_prediction(case_id, prediction_dir)
+        if path is None:
+            return penalised("no prediction")
+        try:
+            prediction_img, labels = read_label_map(path, case_id)
+        except CaseError as error:
+            return penalised(str(error).split(": ", 1)[-1])
+        try:
+            coding, note = prediction_coding(label_values(labels), scoring, case_id)
+            prediction = in_coding(path, prediction_img, labels, coding, scoring.native,
+                                   Path(folder) / "prediction.nii.gz")
+        except CodingError as error:
+            raise unfit(path, labels, error) from None
+        shape = truth_img.shape[:3]
+        if labels.shape != shape or not np.allclose(prediction_img.affine, truth_img.affine, atol=1e-3):
+            return penalised(f"{path.name} is misaligned with the ground truth "
+                             f"(shape {labels.shape} vs {shape} or affine)")
+        try:
+            return Scored(case_id, brats2025.case_row(prediction, truth, case_id, convention), note=note)
+        except brats2025.OfficialError as error:
+            return penalised(str(error))
+
+
+def statistics(rows: list, official: bool = False) -> dict:
+    """The portal's summary rows over the cases; `official` (BraTS 2025): NaN left out and the
+    sample standard deviation, as the package's parser (pandas) computes them."""
     columns = list(rows[0])
     values = np.array([[r[c] for c in columns] for r in rows], dtype=np.float64)
-    summary = {"Mean": values.mean(0), "StdDev": values.std(0), "Median": np.median(values, 0),
-               "25quantile": np.percentile(values, 25, axis=0),
-               "75quantile": np.percentile(values, 75, axis=0)}
+    if not official:
+        summary = {"Mean": values.mean(0), "StdDev": values.std(0), "Median": np.median(values, 0),
+                   "25quantile": np.percentile(values, 25, axis=0),
+                   "75quantile": np.percentile(values, 75, axis=0)}
+        return {name: dict(zip(columns, summary[name])) for name in STATISTICS}
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column that is NaN for every case
+        summary = {"Mean": np.nanmean(values, 0), "StdDev": np.nanstd(values, 0, ddof=1),
+                   "Median": np.nanmedian(values, 0),
+                   "25quantile": np.nanpercentile(values, 25, axis=0),
+                   "75quantile": np.nanpercentile(values, 75, axis=0)}
     return {name: dict(zip(columns, summary[name])) for name in STATISTICS}
 
 
@@ -217,7 +335,7 @@ def write_csv(results: list, summary: dict, path: Path, scoring: Scoring = Scori
     byte comparable)."""
     columns = scoring.columns()
     with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
-        if scoring.lesion_wise:
+        if scoring.lesion_wise or scoring.official:
             handle.write(f"# convention: {scoring.describe()}\n")
         writer = csv.writer(handle)
         writer.writerow(["Label", *columns])
@@ -239,10 +357,35 @@ def _block(summary: dict, title: str, dice_column: str, hd95_column: str) -> lis
     return lines
 
 
+OFFICIAL_TABLE = (("PQ", "pq_dsc", 1), ("SQ", "sq_dsc", 1), ("RQ (F1)", "all_instance_f1", 1),
+                  ("lesion DSC", "lesionwise_dsc_mean", 1), ("lesion HD95", "lesionwise_hd95_mean", 0),
+                  ("lesion NSD", "lesionwise_nsd_mean", 1), ("global DSC", "global_dsc", 1),
+                  ("global HD95", "global_hd95", 0), ("global NSD", "global_nsd", 1))
+
+
+def official_block(summary: dict, convention: brats2025.Convention, rows: list) -> list:
+    """Mean, StdDev and Median of each BraTS 2025 metric per region of the task (DSC-like ones
+    in %, HD95 in mm), then the lesion counts."""
+    regions = brats2025.regions(convention)
+    lines = [f"{'':20s}" + "".join(f"{r.upper():>9s}" for r in regions)]
+    for title, column, percent in OFFICIAL_TABLE:
+        for name in ("Mean", "StdDev", "Median"):
+            values = [summary[name][f"{column}_{r}"] * (100 if percent else 1) for r in regions]
+            lines.append(f"{title:12s}{name:8s}" + "".join(f"{v:9.2f}" for v in values))
+    totals = {f"{kind}_{r}": np.nansum([row[f"all_instance_{kind}_{r}"] for row in rows])
+              for kind in ("tp", "fp", "fn") for r in regions}
+    lines.append("lesions  " + "; ".join(
+        f"{r.upper()} {totals[f'tp_{r}']:.0f} TP, {totals[f'fp_{r}']:.0f} FP, {totals[f'fn_{r}']:.0f} FN"
+        for r in regions))
+    return lines
+
+
 def table(summary: dict, scoring: Scoring = Scoring(), rows: list = ()) -> str:
     """The convention, then Mean, StdDev and Median of Dice (%) and Hausdorff95 (mm) as the
     paper's Table 2; for a lesion-wise convention also the legacy scores and lesion counts."""
     lines = [f"convention {scoring.describe()}"]
+    if scoring.official:
+        return "\n".join(lines + official_block(summary, scoring.official, rows))
     if not scoring.lesion_wise:
         return "\n".join(lines + _block(summary, "", "Dice", "Hausdorff95"))
     lines += _block(summary, "lesion", "LesionWise_Dice", "LesionWise_HD95")
@@ -254,9 +397,23 @@ def table(summary: dict, scoring: Scoring = Scoring(), rows: list = ()) -> str:
     return "\n".join(lines)
 
 
+def check_official() -> None:
+    """CaseError in one line when the BraTS 2025 package is not installed."""
+    try:
+        with brats2025.quiet():  # panoptica greets on import
+            import brats_evaluation  # noqa: F401
+            import panoptica  # noqa: F401
+    except ImportError as error:
+        raise CaseError(f"the BraTS 2025 conventions need the official package: {error} "
+                        f"(pip install -r requirements.txt)") from None
+
+
 def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True,
              scoring: Scoring = Scoring()) -> list:
-    """Score every ground-truth case; a case whose ground truth cannot be read is skipped."""
+    """Score every ground-truth case; a case whose ground truth cannot be read is skipped. The
+    codings that predict.py recorded beside the predictions are read here unless given."""
+    if not scoring.stored:
+        scoring = dataclasses.replace(scoring, stored=stored_codings(prediction_dir))
     truths = find_label_files(truth_dir)
     if not truths:
         raise CaseError(f"{truth_dir}: no ground-truth label maps found")
@@ -272,7 +429,7 @@ def evaluate(prediction_dir: Path, truth_dir: Path, progress: bool = True,
     return results
 
 
-@exits_cleanly(CaseError)
+@exits_cleanly(CaseError, PredictionError, CodingError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -288,14 +445,16 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--gt-coding", choices=codings, default="auto",
                         help="label coding of the ground truth (default: from its layout)")
     args = parser.parse_args(argv)
-    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding)
     if not args.predictions.is_dir():
         parser.exit(2, f"error: {args.predictions}: not a folder\n")
+    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding)
+    if scoring.official:
+        check_official()
     check_file(args.out)
     results = evaluate(args.predictions, args.ground_truth, scoring=scoring)
     if not results:
         parser.exit(2, "error: no case could be scored\n")
-    summary = statistics([r.row for r in results])
+    summary = statistics([r.row for r in results], official=bool(scoring.official))
     for result in results:
         if result.problem:
             print(f"penalised: {result.id}: {result.problem}")

@@ -5,8 +5,12 @@
 Each case is preprocessed exactly as in training (from the run's config.yaml), every network of
 the run (or those named by --modalities / --models) predicts the three regions, their sigmoid
 outputs are averaged (SPEC.md section 3; `--ensemble fitted`: per-region weights, ensemble.py),
-thresholded, put back into the original grid and turned into BraTS labels: ET -> 4, TC but not
-ET -> 1, WT but not TC -> 2 (nesting enforced). Files are `<case id>.nii.gz`, uint8, with the
+thresholded, put back into the original grid and turned into labels (nesting enforced) in the
+coding of the input's edition (codings.py): BraTS 2017-2021 ET 4, TC but not ET 1, WT but not TC
+2; BraTS 2023+ (GLI, SSA, MET, MEN) ET 3, 1, 2; BraTS 2024+ PED ET 1, 2 (non-enhancing), 4
+(edema); MSD Task01 3, 2, 1. --coding states another; the coding of each case is printed and
+recorded in <output>/codings.json, which evaluate.py reads. Files are `<case id>.nii.gz` as each
+portal expects (BraTS20_Validation_001.nii.gz, BraTS-GLI-00001-000.nii.gz), uint8, with the
 input's affine and header. One case is in memory at a time; each file is written under a
 temporary name and renamed; cases already predicted are skipped unless --overwrite; a bad case is
 reported in one line and skipped. An output that cannot be written (full disk) stops the run
@@ -35,6 +39,7 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brats import CaseError, find_cases, load_case  # noqa: E402
+from codings import CODINGS, STORED, CodingError, layout_coding, recode, stored_codings  # noqa: E402
 from config import Config, ConfigError, load_config  # noqa: E402
 from ensemble import combine, read_weights  # noqa: E402
 import families  # noqa: E402
@@ -42,6 +47,7 @@ from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from preprocess import downsampled_shape, preprocess_case, uncrop, upsample  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+WRITABLE_CODINGS = tuple(c for c in CODINGS if c != "brats2024-men-rt")  # GTV is no glioma region
 
 
 @dataclasses.dataclass
@@ -181,12 +187,13 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
 
     The label map is written last: its presence marks the case finished for a rerun.
     """
-    case = load_case(files)
-    case.seg = None
+    case = load_case(dataclasses.replace(files, seg=None))  # labels unread: any edition's will do
+    coding = getattr(args, "codings", {}).get(case.id, "brats2020")  # default: the 2020 coding
     if config.model.family != "een":  # a baseline: its own whole-grid inference, no TTA
         network = networks[0]
         labels = families.predicted_labels(network.activate(), case, network.modalities, config,
                                            args.et_min_voxels)
+        labels = recode(labels, "brats2020", coding)
         write_labels(labels, case, args.output / f"{case.id}.nii.gz")
         return labels
     data = config.data
@@ -194,7 +201,8 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     cropped = combine({n.name: region_probabilities(n, arrays, args.tta) for n in networks},
                       args.weights)
     probabilities = full_grid(cropped, meta)
-    labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
+    labels = recode(regions_to_labels(probabilities, args.threshold, args.et_min_voxels),
+                    "brats2020", coding)
     if args.save_probabilities:
         with atomic(args.output / f"{case.id}_probabilities.npz") as temporary:
             np.savez_compressed(temporary, probabilities=cropped.astype(np.float16),
@@ -203,6 +211,41 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
                                 regions=np.array(["WT", "TC", "ET"]))
     write_labels(labels, case, args.output / f"{case.id}.nii.gz")
     return labels
+
+
+# ---- label codings ----------------------------------------------------------------------------
+
+def case_codings(cases: list, stated: str) -> dict:
+    """case id -> the coding its file is written in: stated, else its edition's (codings.py)."""
+    return {files.id: stated if stated != "auto" else layout_coding(files.layout, files.id)
+            for files in cases}
+
+
+def record_codings(output: Path, codings: dict, kept: set) -> None:
+    """Write <output>/codings.json; a case kept from an earlier run keeps its recorded coding (and
+    gets none if that run recorded none: evaluate.py then recognises its labels)."""
+    try:
+        previous = stored_codings(output)
+    except CodingError as error:
+        raise ConfigError(f"{error}; remove it or predict into another folder") from None
+    cases = {cid: coding for cid, coding in previous.items() if cid in kept}
+    cases.update({cid: coding for cid, coding in codings.items() if cid not in kept})
+    cases.update({cid: coding for cid, coding in previous.items() if cid not in codings})
+    with atomic(output / STORED) as temporary:
+        temporary.write_text(json.dumps({"cases": dict(sorted(cases.items())),
+                                         "codings": {c: CODINGS[c].described
+                                                     for c in sorted(set(cases.values()))}},
+                                        indent=1) + "\n")
+
+
+def describe_codings(codings: dict, output: Path) -> str:
+    """One line per coding used: how many cases, what the labels mean, an example file name."""
+    lines = []
+    for coding in dict.fromkeys(codings.values()):
+        ids = [cid for cid, c in codings.items() if c == coding]
+        lines.append(f"labels in the {coding} coding ({CODINGS[coding].described}) for "
+                     f"{len(ids)} case{'s' * (len(ids) != 1)}, e.g. {ids[0]}.nii.gz")
+    return "\n".join(lines + [f"codings recorded in {output / STORED}"])
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -248,6 +291,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--postprocess", choices=families.POSTPROCESSING,
                         help="bennaceur2020 runs: none, pp1 (small components), pp2 (opening) "
                              "or both (default: the run's config)")
+    parser.add_argument("--coding", default="auto", choices=("auto", *WRITABLE_CODINGS),
+                        help="label coding of the files (default auto: the input edition's, "
+                             "brats2020 ET = 4, brats2023 ET = 3, brats2024-ped ET = 1, msd)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases already written")
     args = parser.parse_args(argv)
     if not args.run and not args.models:
@@ -262,10 +308,15 @@ def main(argv: list | None = None) -> int:
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")
     check_folder(args.output)
+    args.codings = case_codings(cases, args.coding)
+    kept = {files.id for files in cases
+            if (args.output / f"{files.id}.nii.gz").exists() and not args.overwrite}
+    record_codings(args.output, args.codings, kept)
     models = {}
     networks = [load_network(*spec, config, args.precision, models) for spec in specs]
     print(f"{len(cases)} cases; ensemble of {', '.join(n.name for n in networks)} "
           f"({args.precision}{', flip TTA' if args.tta else ''})")
+    print(describe_codings(args.codings, args.output))
 
     from tqdm import tqdm
 

@@ -219,19 +219,17 @@ def test_cli_scores_a_brats_gli_folder_in_either_coding(tmp_path, capsys):
     truth_dir, prediction_dir = tmp_path / "gt", tmp_path / "pred"
     truth = np.zeros(SHAPE, np.uint8)
     truth[A], truth[B] = 3, 1  # ET lesion A, necrosis B
-    ids = [f"BraTS-GLI-0000{i}-000" for i in range(4)]
+    ids = [f"BraTS-GLI-0000{i}-000" for i in range(3)]
     for cid in ids:
         save(truth, truth_dir / cid / f"{cid}-seg.nii.gz")
     save(truth, prediction_dir / f"{ids[0]}.nii.gz")  # 2023 coding, exact
     save(np.where(truth == 3, 4, truth), prediction_dir / f"{ids[1]}.nii.gz")  # 2020 coding, exact
-    save(np.where(truth == 3, 5, truth), prediction_dir / f"{ids[2]}.nii.gz")  # label 5: no coding
     out = tmp_path / "gli.csv"
     assert evaluate.main([str(prediction_dir), str(truth_dir), "--convention", "brats2023-gli",
                           "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "BraTS 2023 adult glioma (GLI)" in printed and "lesion" in printed
-    assert f"penalised: {ids[2]}: {ids[2]}.nii.gz: label values {{0, 1, 5}} fit none" in printed
-    assert f"penalised: {ids[3]}: no prediction" in printed
+    assert f"penalised: {ids[2]}: no prediction" in printed
     lines = out.read_text().splitlines()
     assert lines[0].startswith("# convention: brats2023-gli: BraTS 2023 adult glioma (GLI), lesion-wise")
     rows = list(csv.reader(lines[1:]))
@@ -240,15 +238,39 @@ def test_cli_scores_a_brats_gli_folder_in_either_coding(tmp_path, capsys):
     table = {r[0]: dict(zip(rows[0][1:], map(float, r[1:]))) for r in rows[1:]}
     for cid in ids[:2]:
         assert table[cid]["LesionWise_Dice_ET"] == 1 and table[cid]["Num_TP_WT"] == 2
-    assert table[ids[3]]["LesionWise_Dice_TC"] == 0 and table[ids[3]]["Num_FN_TC"] == 2
-    assert table[ids[3]]["LesionWise_HD95_ET"] == 374
-    assert table["Mean"]["LesionWise_Dice_ET"] == pytest.approx(0.5)
+    assert table[ids[2]]["LesionWise_Dice_TC"] == 0 and table[ids[2]]["Num_FN_TC"] == 2
+    assert table[ids[2]]["LesionWise_HD95_ET"] == 374
+    assert table["Mean"]["LesionWise_Dice_ET"] == pytest.approx(2 / 3)
     assert table["75quantile"]["LesionWise_Dice_ET"] == pytest.approx(1.0)
-    # Stated codings: 2023 predictions read as 2020 labels are named, not mis-scored.
-    assert evaluate.main([str(prediction_dir), str(truth_dir), "--convention", "brats2023-met",
-                          "--pred-coding", "brats2020", "--out", str(out)]) == 0
-    assert (f"penalised: {ids[0]}: {ids[0]}.nii.gz: label values {{3}} are not in the brats2020 "
-            "coding {0, 1, 2, 4}") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("labels, stated, message", [
+    ({3: 5}, "auto", "holds labels {0, 1, 5}: label values {0, 1, 5} fit none of the codings"),
+    ({}, "brats2020", "holds labels {0, 1, 3}: label values {3} are not in the brats2020 coding "
+                      "{0, 1, 2, 4}"),
+    ({1: 4}, "brats2023", "holds labels {0, 3, 4}: label values {4} are not in the brats2023 coding "
+                          "{0, 1, 2, 3}"),
+])
+def test_labels_that_do_not_fit_stop_the_run_naming_the_file(tmp_path, capsys, labels, stated,
+                                                             message):
+    """Label 5 anywhere, label 3 stated as BraTS 2020, label 4 stated as BraTS 2023: one line, exit
+    2, no CSV."""
+    truth = np.zeros(SHAPE, np.uint8)
+    truth[A], truth[B] = 3, 1
+    cid = "BraTS-GLI-00000-000"
+    save(truth, tmp_path / "gt" / cid / f"{cid}-seg.nii.gz")
+    prediction = truth.copy()
+    for old, new in labels.items():
+        prediction[truth == old] = new
+    save(prediction, tmp_path / "pred" / f"{cid}.nii.gz")
+    out = tmp_path / "gli.csv"
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main([str(tmp_path / "pred"), str(tmp_path / "gt"), "--convention", "brats2023-gli",
+                       "--pred-coding", stated, "--out", str(out)])
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and errors[-1].startswith(
+        f"error: {tmp_path / 'pred' / f'{cid}.nii.gz'}: {message}"), errors[-1]
+    assert not out.exists() and not list(tmp_path.glob(".tmp-*"))
 
 
 def test_codings_recognised_and_ambiguity_named():

@@ -1,13 +1,18 @@
-"""predict.py: portal-ready files, exact geometry, skipping, bad cases, ensemble options."""
+"""predict.py: portal-ready files, exact geometry, skipping, bad cases, ensemble options, the label
+coding and file names of every edition."""
+import csv
+import json
 import shutil
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+import evaluate
 import predict
 import synthetic
 from brats import find_cases, load_case
+from codings import CODINGS, recode
 from tests.conftest import SEED
 
 
@@ -117,3 +122,103 @@ def test_full_grid_puts_probabilities_back_where_they_came_from():
     inside = full[..., 0] > 0.5
     points = np.argwhere(inside)
     assert points.min(0).tolist() == [54, 42, 36] and points.max(0).tolist() == [83, 71, 65]
+
+
+# ---- the label coding of each edition ----------------------------------------------------------
+
+EDITIONS = {  # case id -> the coding its portal expects
+    "Brats18_SYN_1_1": "brats2020", "BraTS20_Validation_001": "brats2020",
+    "BraTS2021_10001": "brats2020", "BraTS-GLI-10001-000": "brats2023",
+    "BraTS-PED-10001-000": "brats2024-ped", "BRATS_001": "msd",
+}
+
+
+@pytest.fixture(scope="module")
+def every_layout(tmp_path_factory):
+    """One validation case in each layout brats.py reads, plus a BraTS 2024 paediatric one: the
+    same synthetic case each time (the first of validation_dir), ground truth apart under gt/."""
+    root = tmp_path_factory.mktemp("layouts")
+    for layout in ("brats2018", "brats2020", "brats2021", "brats2023", "msd"):
+        list(synthetic.write_dataset(root / "val" / layout, 1, SEED + 2, layout, validation=True,
+                                     gt_dir=root / "gt" / layout))
+    gli, ped = "BraTS-GLI-10001-000", "BraTS-PED-10001-000"
+    (root / "val" / "ped" / ped).mkdir(parents=True)
+    for path in (root / "val" / "brats2023" / gli).iterdir():
+        shutil.copy(path, root / "val" / "ped" / ped / path.name.replace(gli, ped))
+    truth = nib.load(root / "gt" / "brats2023" / gli / f"{gli}-seg.nii.gz")
+    coded = recode(np.asanyarray(truth.dataobj), "brats2023", "brats2024-ped")
+    (root / "gt" / "ped" / ped).mkdir(parents=True)
+    nib.save(nib.Nifti1Image(coded, truth.affine, truth.header), root / "gt" / "ped" / ped / f"{ped}-seg.nii.gz")
+    return root
+
+
+def once(monkeypatch, name: str, inputs) -> dict:
+    """Replace predict.<name> by a memo of it, keyed by the bytes of inputs(*arguments)."""
+    real, computed = getattr(predict, name), {}
+
+    def memo(*arguments):
+        key = b"|".join(np.ascontiguousarray(a).tobytes() for a in inputs(*arguments))
+        if key not in computed:
+            computed[key] = real(*arguments)
+        return computed[key]
+
+    monkeypatch.setattr(predict, name, memo)
+    return computed
+
+
+def test_each_edition_gets_its_coding_and_file_name(trained_run, every_layout, tmp_path, capsys,
+                                                     monkeypatch):
+    """Every layout: `<case id>.nii.gz` in the edition's coding, recorded in codings.json; all hold
+    the same segmentation; evaluate.py --pred-coding auto reads each right (a round trip)."""
+    # The six cases hold the same images: the network and the upsampling run once (~10 s a case).
+    networks = once(monkeypatch, "region_probabilities",
+                    lambda network, arrays, tta: [arrays[m] for m in network.modalities])
+    grids = once(monkeypatch, "full_grid", lambda probabilities, meta: [
+        probabilities, meta["crop_offsets"], meta["downsample"], meta["original_shape"]])
+    out = tmp_path / "pred"
+    assert run_predict(trained_run, every_layout / "val", out) == 0
+    assert len(networks) == len(grids) == 1
+    printed = capsys.readouterr().out
+    for coding in set(EDITIONS.values()):
+        assert f"labels in the {coding} coding ({CODINGS[coding].described})" in printed
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(f"{c}.nii.gz" for c in EDITIONS)
+    assert json.loads((out / "codings.json").read_text())["cases"] == EDITIONS
+    decoded = {}
+    for cid, coding in EDITIONS.items():
+        labels = np.asanyarray(nib.load(out / f"{cid}.nii.gz").dataobj)
+        assert set(np.unique(labels)) <= set(CODINGS[coding].labels)
+        decoded[cid] = recode(labels, coding, "brats2020")
+    assert set(np.unique(decoded["BraTS20_Validation_001"])) > {0, 2}
+    for cid in EDITIONS:
+        np.testing.assert_array_equal(decoded[cid], decoded["BraTS20_Validation_001"])
+    written = np.asanyarray(nib.load(out / "BraTS-GLI-10001-000.nii.gz").dataobj)
+    assert set(np.unique(written)) <= {0, 1, 2, 3}
+    np.testing.assert_array_equal(written == 3, decoded["BraTS-GLI-10001-000"] == 4)
+
+    results = tmp_path / "results.csv"
+    assert evaluate.main([str(out), str(every_layout / "gt"), "--pred-coding", "auto",
+                          "--out", str(results)]) == 0
+    printed = capsys.readouterr().out
+    assert "penalised:" not in printed and "note:" not in printed
+    rows = {r["Label"]: r for r in csv.DictReader(results.open())}
+    scores = {cid: {k: v for k, v in rows[cid].items() if k != "Label"} for cid in EDITIONS}
+    assert all(s == scores["BraTS20_Validation_001"] for s in scores.values()), scores
+    assert float(scores["BRATS_001"]["Dice_WT"]) > 0.6
+
+
+def test_coding_option_overrides_the_edition_and_reruns_keep_the_record(every_layout, tmp_path):
+    """--coding brats2020 for every case; a rerun that skips a case keeps the coding recorded for
+    it (a case written by an older predict.py keeps none: evaluate.py recognises its labels)."""
+    cases = find_cases(every_layout / "val")
+    assert predict.case_codings(cases, "auto") == EDITIONS
+    assert set(predict.case_codings(cases, "brats2020").values()) == {"brats2020"}
+    predict.record_codings(tmp_path, {"BraTS-GLI-10001-000": "brats2020", "BRATS_001": "msd"}, set())
+    predict.record_codings(tmp_path, predict.case_codings(cases, "auto"),
+                           kept={"BraTS-GLI-10001-000", "BraTS20_Validation_001"})
+    recorded = json.loads((tmp_path / "codings.json").read_text())
+    assert recorded["cases"] == {**{c: v for c, v in EDITIONS.items() if c != "BraTS20_Validation_001"},
+                                 "BraTS-GLI-10001-000": "brats2020"}
+    assert recorded["codings"]["msd"] == CODINGS["msd"].described
+    (tmp_path / "codings.json").write_text("{")
+    with pytest.raises(predict.ConfigError, match=r"codings.json: unreadable .*; remove it"):
+        predict.record_codings(tmp_path, {}, set())
