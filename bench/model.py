@@ -16,7 +16,7 @@ GradientTape). The other rows are this project's paths: the fast GroupNorm and a
 (`predict_on_batch` / `train_on_batch`), in float32 or mixed bfloat16 (mixed_float16 is for
 GPUs: add it with --precisions), XLA off and on, and the training step with the 3D residual
 blocks rematerialised (model.remat_levels, --remat-levels; the other rows run without), and
-"before": the compiled float32 step of the network as built before fast_layers.Conv3D (Keras's
+"before": the compiled step of the network as built before fast_layers.Conv3D (Keras's
 strided Conv3D in the depth encoder). --backends runs the rows under each Keras backend in turn
 (the eager baseline is TensorFlow's only); --xla-flags adds XLA_FLAGS to the JAX rows. Ratios are
 against the first row of the same run (the baseline unless --rows leaves it out); the closing
@@ -92,6 +92,7 @@ VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
     "f32-before": ("float32, compiled, before", "before", "float32", False, False),
     "f32": ("float32, compiled", "project", "float32", False, False),
     "f32-xla": ("float32, compiled, XLA", "project", "float32", True, False),
+    "bf16-before": ("mixed_bfloat16, compiled, before", "before", "mixed_bfloat16", False, False),
     "bf16": ("mixed_bfloat16, compiled", "project", "mixed_bfloat16", False, False),
     "bf16-xla": ("mixed_bfloat16, compiled, XLA", "project", "mixed_bfloat16", True, False),
     "f32-remat": ("float32, compiled, remat", "project", "float32", False, True),
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
 
 
 def closing_lines(results: dict, backends: list, args, task: str) -> list:
-    """Remat against none per precision; each backend's float32 step against the first's."""
+    """Remat against none and the fast strided convolution against Keras's, per backend and
+    precision; each backend's float32 step against the first backend's."""
     lines = []
     for backend in backends:
         for precision in args.precisions.split(","):
@@ -173,6 +175,13 @@ def closing_lines(results: dict, backends: list, args, task: str) -> list:
                 lines.append(f"remat {args.remat_levels} vs none, {precision} {task} ({backend}): "
                              f"step x{remat['seconds'] / plain['seconds']:.2f}, peak "
                              f"{remat['peak_gb']:.2f} GB vs {plain['peak_gb']:.2f} GB")
+    for backend in backends:
+        for precision in args.precisions.split(","):
+            before = results.get((backend, "before", precision, False, False))
+            after = results.get((backend, "project", precision, False, False))
+            if before and after:
+                lines.append(f"fast_layers.Conv3D vs Keras's strided Conv3D, {precision} {task} "
+                             f"({backend}): x{after['seconds'] / before['seconds']:.2f}")
     for variant in ("before", "project"):
         first = results.get((backends[0], variant, "float32", False, False))
         for backend in backends[1:]:
