@@ -180,7 +180,7 @@ def parameters(run: Path) -> int:
     import families
 
     again = f"delete {run} to train the system again"
-    config = read_config(run)
+    config = read_config(run, again)
     channels = [len(read_network(d.parent, again)) for d in sorted(run.glob("*/network.json"))]
     counts = {}  # channels -> parameters of one network (the EEN's four share a shape)
     for number in set(channels):

@@ -71,24 +71,30 @@ def read_json(path: Path, keys: dict, advice: str = RESTORE) -> dict:
 
 # ---- the run's files --------------------------------------------------------------------------
 
-def read_config(run: Path) -> Config:
+def read_config(run: Path, advice: str = RESTORE) -> Config:
     """RUN/config.yaml: valid YAML holding every section its configuration writes (a file cut
     short loses the later sections, which defaults must not fill in silently)."""
     path = Path(run) / "config.yaml"
     if not Path(run).is_dir():
         raise RunFileError(f"{run}: cannot read: no such run folder")
-    text = read_text(path)
+    text = read_text(path, advice)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise refusal(path, f"damaged (not valid YAML: {str(error).splitlines()[0]})") from None
+        raise refusal(path, f"damaged (not valid YAML: {str(error).splitlines()[0]})",
+                      advice) from None
     if not isinstance(values, dict):
-        raise refusal(path, "damaged (not a configuration)")
-    config = config_from_dict(values, str(path))
-    missing = [k for k in config.to_dict() if k not in values]
+        raise refusal(path, "damaged (not a configuration)", advice)
+    model = values.get("model")
+    family = model.get("family", "een") if isinstance(model, dict) else "een"
+    missing = [k for k in ("name", "data", "model", "train", family)
+               if k not in values and k != "een"]
     if missing:
-        raise refusal(path, f"incomplete (no {missing[0]} section: cut short?)")
-    return config
+        raise refusal(path, f"incomplete (no {missing[0]} section: cut short?)", advice)
+    try:
+        return config_from_dict(values, str(path))
+    except ConfigError as error:
+        raise RunFileError(f"{error}; {advice}") from None
 
 
 def read_split(run: Path, advice: str = RESTORE) -> dict:

@@ -464,7 +464,7 @@ def repaired(repair: bool, path: Path, problem: str, how: str) -> None:
     """Refuse a damaged file with what to do, or (--repair) say that it is repaired as `how`."""
     if not repair:
         raise refusal(path, problem, f"{RESTORE}, or {how}")
-    print(f"note: {path}: {problem}; repaired: {how.split(': ', 1)[-1]}")
+    print(f"note: {path}: {problem}; --repair: {how.replace(' with --resume --repair', '')}")
 
 
 def check_checkpoint_agrees(model, state: dict, steps: int, folder: Path, config: Config,
@@ -480,8 +480,9 @@ def check_checkpoint_agrees(model, state: dict, steps: int, folder: Path, config
                       f"{expected} (from another run?)", afresh)
     done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     if precision != "mixed_float16" and done != state["epochs_done"] * steps:  # fp16 skips steps
-        raise refusal(folder / "state.json", f"says {state['epochs_done']} epochs of {steps} "
-                      f"steps, last.keras holds {done} steps (from another training?)", afresh)
+        raise refusal(folder / "state.json", f"says {state['epochs_done']} epoch(s) done "
+                      f"({state['epochs_done'] * steps} steps), last.keras holds {done} steps "
+                      f"(from another training?)", afresh)
 
 
 def continue_from_best(model, folder: Path, state: dict, steps: int, config: Config) -> None:
