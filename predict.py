@@ -108,7 +108,7 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
             keras.mixed_precision.set_global_policy("float32")
     model = models[len(modalities)]
     other = path.with_name("last.keras" if path.suffix == ".h5" else "best.weights.h5")
-    with loading(path, f"restore it from a copy of the run, or predict with --models {other}"):
+    with loading(path, f"restore it from a copy of the run, or use predict.py --models {other}"):
         model.load_weights(path)  # h5py / zip / shape mismatch: one line naming the file
     return Network(name, modalities, model, path, config.model.output_activation)
 

@@ -4,6 +4,7 @@
     python train.py ... --modality all          # flair, t1, t1ce, t2 in turn
     python train.py ... --multimodal            # one network on the four modalities as channels
     python train.py ... --resume                # continue a run that was killed or ran out of disk
+    python train.py ... --resume --repair       # ... past a damaged file, as its error line says
 
 A baseline family (model.family kermi2018, unet3d_patches, bennaceur2020: configs/<name>.yaml,
 families.py) trains one network, named after the family, on the four modalities; its examples are
@@ -24,6 +25,7 @@ Any Keras backend (KERAS_BACKEND=tensorflow, the CPU default; jax, the GPU path;
 
 One GPU per modality: start one process per modality on the same --out, each with its own
 CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
+Each network folder holds train.lock while a process trains it: a second trainer refuses.
 """
 from __future__ import annotations
 
@@ -453,8 +455,8 @@ def resumed_state(folder: Path, modalities: tuple, resume: bool, repair: bool) -
     if rows < state["epochs_done"]:
         problem = (f"damaged ({rows} complete rows for {state['epochs_done']} epochs)"
                    if history.exists() else "missing")
-        repaired(repair, history, problem, f"continue with --resume --repair: it is kept as "
-                 f"history.csv.damaged and a new one starts at epoch {state['epochs_done'] + 1}")
+        repaired(repair, history, problem, f"continue with --resume --repair, keeping it as "
+                 f"history.csv.damaged and starting a new one at epoch {state['epochs_done'] + 1}")
         if history.exists():
             os.replace(history, history.with_name("history.csv.damaged"))
     return state, from_best

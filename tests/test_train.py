@@ -333,35 +333,45 @@ def test_resume_refuses_each_damaged_or_foreign_file_in_one_line(tmp_path, small
             "flair/network.json", '{"modalities": ["t1"]}'),
         "split.json: damaged": cut_file("split.json"),
         "config.yaml: ": cut_file("config.yaml"),
-        "state.json: says 2 epoch(s) done (26 steps), last.keras holds 13 steps": other_training,
     }
     for problem, edit in expected.items():
         error = resumed(damage(edit))
         assert problem in error, (problem, error)
         assert "restore" in error, error  # and what to do
-    assert "--resume --repair" in resumed(damage(lambda out: cut(flair(out) / "last.keras")))
-    assert "held-out" not in capsys.readouterr().out
+    assert "state.json: says 2 epoch(s) done (26 steps), last.keras holds 13 steps" in resumed(
+        damage(other_training), "--epochs", "3")
+    assert "--resume --repair" in resumed(damage(cut_file("flair/last.keras")))
 
 
-def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, small_cache, one_epoch_run,
-                                                              capsys):
-    """last.keras and history.csv cut in half: --repair continues from best.weights.h5 (epoch 1),
-    keeps the damaged history aside and starts a new one."""
-    source, config = one_epoch_run
-    out = linked_copy(source, tmp_path / "run")
-    cut(out / "flair" / "last.keras")
-    cut(out / "flair" / "history.csv")
-    assert run_train("--data", small_cache, "--out", out, "--epochs", "2", "--resume", "--repair",
-                     config=config) == 0
+def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoch_run, capsys):
+    """last.keras and history.csv cut in half: --repair continues from best.weights.h5 (epoch 1)
+    with the optimizer at its step, and keeps the damaged history aside for a new one.
+    (Without training an epoch: the steps of train_network that --repair changes.)"""
+    from config import load_config
+
+    source, config_file = one_epoch_run
+    folder = linked_copy(source, tmp_path / "run") / "flair"
+    cut(folder / "last.keras")
+    cut(folder / "history.csv")
+    state, from_best = train.resumed_state(folder, ("flair",), resume=True, repair=True)
+    assert from_best and state["epochs_done"] == 1 and state["best_epoch"] == 1
     printed = capsys.readouterr().out
     assert "last.keras: damaged" in printed
     assert "--repair: continue from best.weights.h5 (epoch 1)" in printed
-    assert "history.csv: damaged" in printed and "kept as history.csv.damaged" in printed
-    assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 2
-    assert [r["epoch"] for r in history(out / "flair")] == ["1"]
-    assert (out / "flair" / "history.csv.damaged").is_file()
-    model = keras.saving.load_model(out / "flair" / "last.keras")
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 13
+    assert "history.csv: damaged" in printed and "keeping it as history.csv.damaged" in printed
+    assert (folder / "history.csv.damaged").is_file() and not (folder / "history.csv").exists()
+    config = load_config(config_file)
+    model = train.compiled_model(config, False, None, None, {})
+    train.continue_from_best(model, folder, state, 13, config)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
+        state["learning_rate"])
+    whole = keras.saving.load_model(source / "flair" / "last.keras")  # epoch 1, the best epoch
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), whole.get_weights()))
+    # best.weights.h5 cut as well: nothing to continue from, and no --repair offered
+    cut(folder / "best.weights.h5")
+    with pytest.raises(train.RunFileError, match="last.keras: damaged .*delete .* afresh"):
+        train.resumed_state(folder, ("flair",), resume=True, repair=True)
 
 
 def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alone(
