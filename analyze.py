@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from config import Config, ConfigError  # noqa: E402
 from data import Cache, CacheError  # noqa: E402
 from outputs import atomic, check_file, exits_cleanly  # noqa: E402
-from runfolder import (check_checkpoint, loading, network_weights, read_config,  # noqa: E402
-                       read_network, read_split)
+from runfolder import (loading, network_weights, read_config, read_network,  # noqa: E402
+                       read_split)
 
 MODES = ("full", "no_2d", "no_3d_skips")
 REGIONS = ("WT", "TC", "ET")
@@ -169,7 +169,7 @@ def analyze_run(run: Path, data: Path | None = None, names: list | None = None) 
     folders = network_folders(run, names)
     for folder in folders.values():  # every network's files before the first is scored
         read_network(folder)
-        check_checkpoint(network_weights(folder))
+        network_weights(folder)
     return [analyze_network(name, folder, config, cache, split["validation"])
             for name, folder in folders.items()]
 

@@ -195,13 +195,12 @@ def loading(path: Path, advice: str = RESTORE):
 
 
 def network_weights(folder: Path, instead: str = "") -> Path:
-    """FOLDER/best.weights.h5, the network's weights for prediction; a network without it is
-    refused (`instead`: what else the tool can do)."""
+    """FOLDER/best.weights.h5, the network's weights for prediction, checked whole; a network
+    without it is refused (`instead`: what else the tool can do)."""
     folder = Path(folder)
     best = folder / "best.weights.h5"
-    if best.is_file():
-        return best
-    if not (folder / "state.json").exists() and not (folder / "last.keras").exists():
+    if not best.exists() and not (folder / "state.json").exists() \
+            and not (folder / "last.keras").exists():
         raise refusal(folder, "not trained (no checkpoint: stopped in its first epoch?)",
                       "finish its training (train.py --resume) or leave it out")
     return check_checkpoint(best, RESTORE + (f", {instead}" if instead else ""))

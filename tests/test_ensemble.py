@@ -107,5 +107,5 @@ def test_damaged_run_files_are_one_line(trained_run, tmp_path, capsys):
     assert "config.yaml: incomplete (no train section" in refused(
         lambda run: (run / "config.yaml").write_text(
             (run / "config.yaml").read_text().split("\ntrain:")[0] + "\n"))
-    assert "best.weights.h5: cannot load" in refused(
+    assert "best.weights.h5: damaged" in refused(
         lambda run: cut(run / "flair" / "best.weights.h5"))

@@ -157,7 +157,7 @@ def test_damaged_run_files_are_one_line_with_what_to_do(trained_run, validation_
     assert "fitted for flair, t1ce, this prediction uses flair" in refused(
         weights({"weights": other}), "--ensemble", "fitted")
     error = refused(lambda run: cut(run / "flair" / "best.weights.h5"))
-    assert "best.weights.h5: cannot load" in error and "--models" in error
+    assert "best.weights.h5: damaged" in error and "--models" in error
     # as the line says, the network's last.keras still predicts
     run = copies[-1]  # its best.weights.h5 cut
     assert run_predict(run, validation_dir, tmp_path / "pred", "--models",
