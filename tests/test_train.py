@@ -222,7 +222,9 @@ def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
     assert "has no t2.npy" in expect_error(capsys, *small, "--data", cache, "--modality", "t2",
                                            "--out", tmp_path / "r")
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "config.yaml").write_text("name: paper\n")
+    from config import load_config, save_config
+
+    save_config(load_config("configs/paper.yaml"), tmp_path / "other" / "config.yaml")
     assert "holds a different run" in expect_error(capsys, *small, "--data", small_cache,
                                                    "--out", tmp_path / "other")
     assert not (tmp_path / "r").exists()
