@@ -25,9 +25,9 @@ from pathlib import Path
 
 import yaml
 
+from brats import MODALITIES
 from config import Config, ConfigError, config_from_dict
 
-MODALITIES = ("flair", "t1", "t1ce", "t2")
 RESTORE = "restore it from a copy of the run"
 LOCK = "train.lock"
 
