@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import sys
 from pathlib import Path
@@ -32,9 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from config import Config, ConfigError, load_config  # noqa: E402
+from config import Config, ConfigError  # noqa: E402
 from data import Cache, CacheError  # noqa: E402
 from outputs import atomic, check_file, exits_cleanly  # noqa: E402
+from runfolder import (loading, network_weights, read_config, read_network,  # noqa: E402
+                       read_split)
 
 MODES = ("full", "no_2d", "no_3d_skips")
 REGIONS = ("WT", "TC", "ET")
@@ -96,7 +97,8 @@ def ablation_models(config: Config, weights: Path) -> dict:
     from model import DECODED_IMAGE, build_model
 
     full = build_model(config)
-    full.load_weights(weights)
+    with loading(weights):
+        full.load_weights(weights)
     no_2d = build_model(config)
     no_2d.set_weights(full.get_weights())
     decoded = no_2d.get_layer(DECODED_IMAGE)
@@ -122,11 +124,8 @@ def analyze_network(name: str, folder: Path, config: Config, cache: Cache, ids: 
 
     from model import COMPRESSED_IMAGE, DECODED_IMAGE, feature_model
 
-    modalities = tuple(json.loads((folder / "network.json").read_text())["modalities"])
-    weights = next((folder / n for n in ("best.weights.h5", "last.keras")
-                    if (folder / n).is_file()), None)
-    if weights is None:
-        raise ConfigError(f"{folder}: no best.weights.h5 or last.keras")
+    modalities = read_network(folder)
+    weights = network_weights(folder)
     network_config = dataclasses.replace(config, model=dataclasses.replace(
         config.model, channels=len(modalities), backbone_weights=None))
     models = ablation_models(network_config, weights)
@@ -162,13 +161,17 @@ def network_folders(run: Path, names: list | None) -> dict:
 
 def analyze_run(run: Path, data: Path | None = None, names: list | None = None) -> list:
     """The reports of every (or the named) network of `run` on its held-out cases."""
-    config = load_config(run / "config.yaml")
-    split = json.loads((run / "split.json").read_text())
+    config = read_config(run)
+    split = read_split(run)
     if not split["validation"]:
         raise ConfigError(f"{run}: the run has no held-out cases (train.validation_fraction 0)")
     cache = Cache(data or split["cache"])
+    folders = network_folders(run, names)
+    for folder in folders.values():  # every network's files before the first is scored
+        read_network(folder)
+        network_weights(folder)
     return [analyze_network(name, folder, config, cache, split["validation"])
-            for name, folder in network_folders(run, names).items()]
+            for name, folder in folders.items()]
 
 
 def format_table(reports: list) -> str:

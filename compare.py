@@ -38,6 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+from runfolder import RunFileError, read_config, read_history, read_json, read_network  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REGIONS = ("ET", "WT", "TC")
@@ -131,9 +132,10 @@ def network_timings(run: Path) -> dict:
     whenever a later epoch exists.
     """
     epochs, train_seconds, epoch_seconds, steps = [], [], [], []
-    for history in sorted(run.glob("*/history.csv")):
-        with open(history, newline="") as handle:
-            rows = list(csv.DictReader(handle))
+    again = f"delete {run} to train the system again"
+    for folder in sorted(p.parent for p in run.glob("*/network.json")):
+        rows = read_history(folder / "history.csv", ("train_seconds", "epoch_seconds", "steps"),
+                            again)
         epochs.append(len(rows))
         timed = rows[1:] or rows
         train_seconds += [float(r["train_seconds"]) for r in timed]
@@ -150,7 +152,8 @@ def trained(name: str, system: System, paths: dict, args) -> dict | None:
     done = run / "training.json"
     if done.is_file():
         print(f"{name}: {run} already trained, kept")
-        return json.loads(done.read_text())
+        return read_json(done, {"train_seconds": (int, float), "epochs": list},
+                         f"delete {run} to train the system again")
     if run.exists():  # a training that did not finish: start afresh, with the whole budget
         shutil.rmtree(run)
     run.parent.mkdir(parents=True, exist_ok=True)
@@ -175,10 +178,10 @@ def parameters(run: Path) -> int:
     import keras
 
     import families
-    from config import load_config
 
-    config = load_config(run / "config.yaml")
-    channels = [len(json.loads(d.read_text())["modalities"]) for d in run.glob("*/network.json")]
+    again = f"delete {run} to train the system again"
+    config = read_config(run, again)
+    channels = [len(read_network(d.parent, again)) for d in sorted(run.glob("*/network.json"))]
     counts = {}  # channels -> parameters of one network (the EEN's four share a shape)
     for number in set(channels):
         network = dataclasses.replace(config, model=dataclasses.replace(
@@ -229,7 +232,8 @@ def compared(name: str, paths: dict, args) -> dict | None:
     done = paths["results"] / f"{name}.json"
     if done.is_file():
         print(f"{name}: result kept from {done}")
-        return json.loads(done.read_text())
+        return read_json(done, {"system": str, "scored_cases": int},
+                         f"delete it to train and score {name} again")
     system = SYSTEMS[name]
     training = trained(name, system, paths, args)
     if training is None:
@@ -365,7 +369,7 @@ def chosen_systems(text: str) -> list:
     return names
 
 
-@exits_cleanly(CompareError)
+@exits_cleanly(CompareError, RunFileError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,

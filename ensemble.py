@@ -24,9 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from config import ConfigError, load_config  # noqa: E402
+from config import ConfigError  # noqa: E402
 from data import Cache, CacheError  # noqa: E402
 from outputs import atomic, check_file, exits_cleanly  # noqa: E402
+from runfolder import read_config, read_json, read_split, refusal  # noqa: E402
 
 REGIONS = ("WT", "TC", "ET")
 WEIGHTS_FILE = "ensemble_weights.json"
@@ -87,15 +88,22 @@ def combine(probabilities: dict, weights: dict | None = None) -> np.ndarray:
     return np.stack(channels, axis=-1).astype(np.float32)
 
 
-def read_weights(run: Path) -> dict:
-    """The fitted weights of a run; one clear error when there are none."""
+def read_weights(run: Path, names: list | None = None) -> dict:
+    """The fitted weights of a run: per region a weight for each network of `names` (when
+    given: the networks predicting); one clear error otherwise."""
     path = run / WEIGHTS_FILE
+    refit = f"fit them again: python ensemble.py --run {run}"
     if not path.is_file():
         raise ConfigError(f"{path}: no fitted ensemble weights (run: python ensemble.py --run {run})")
-    try:
-        weights = json.loads(path.read_text())["weights"]
-    except (ValueError, KeyError) as error:
-        raise ConfigError(f"{path}: not an ensemble weights file ({error})") from None
+    weights = read_json(path, {"weights": dict}, refit)["weights"]
+    for region in REGIONS:
+        given = weights.get(region)
+        if not isinstance(given, dict) or not given or not all(
+                isinstance(w, (int, float)) and not isinstance(w, bool) for w in given.values()):
+            raise refusal(path, f"damaged (no weights for {region})", refit)
+        if names is not None and sorted(given) != sorted(names):
+            raise refusal(path, f"fitted for {', '.join(given)}, this prediction uses "
+                                f"{', '.join(names)}", f"{refit}, or use --ensemble plain")
     return weights
 
 
@@ -106,8 +114,8 @@ def held_out_probabilities(run: Path, data: Path | None) -> tuple:
 
     from predict import load_network, network_files
 
-    config = load_config(run / "config.yaml")
-    split = json.loads((run / "split.json").read_text())
+    config = read_config(run)
+    split = read_split(run)
     if not split["validation"]:
         raise ConfigError(f"{run}: the run has no held-out cases (train.validation_fraction 0)")
     cache = Cache(data or split["cache"])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import time
@@ -45,6 +44,7 @@ from ensemble import combine, read_weights  # noqa: E402
 import families  # noqa: E402
 from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from preprocess import downsampled_shape, preprocess_case, uncrop, upsample  # noqa: E402
+from runfolder import loading, network_weights, read_config, read_network  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 WRITABLE_CODINGS = tuple(c for c in CODINGS if c != "brats2024-men-rt")  # GTV is no glioma region
@@ -69,14 +69,14 @@ class Network:
 # ---- loading the networks ---------------------------------------------------------------------
 
 def network_files(run: Path, modalities: list | None, models: list | None) -> list:
-    """(name, modalities, weights file) of each network: best.weights.h5, else last.keras."""
+    """(name, modalities, weights file) of each network: best.weights.h5 (--models: the files
+    named). A network without it is refused in one line that names --models and last.keras."""
     if models:
         chosen = [Path(m) for m in models]
     else:
         folders = sorted(p.parent for p in run.glob("*/network.json"))
-        chosen = [next((f / n for n in ("best.weights.h5", "last.keras") if (f / n).is_file()), None)
-                  for f in folders]
-        chosen = [c for c in chosen if c is not None]
+        chosen = [network_weights(f, f"or predict with --models {f / 'last.keras'}")
+                  for f in folders if modalities is None or f.name in modalities]
     found = []
     for path in chosen:
         if not path.is_file():
@@ -84,7 +84,7 @@ def network_files(run: Path, modalities: list | None, models: list | None) -> li
         description = path.parent / "network.json"
         if not description.is_file():
             raise ConfigError(f"{path}: no network.json beside it (is it in a run folder?)")
-        names = tuple(json.loads(description.read_text())["modalities"])
+        names = read_network(path.parent)
         if modalities is None or path.parent.name in modalities:
             found.append((path.parent.name, names, path))
     if not found:
@@ -113,10 +113,9 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
         finally:
             keras.mixed_precision.set_global_policy("float32")
     model = models[len(modalities)]
-    try:
-        model.load_weights(path)
-    except Exception as error:  # h5py / zip / shape mismatch: one line naming the file
-        raise ConfigError(f"{path}: cannot load weights: {str(error).splitlines()[0]}") from None
+    other = path.with_name("last.keras" if path.suffix == ".h5" else "best.weights.h5")
+    with loading(path, f"restore it from a copy of the run, or use predict.py --models {other}"):
+        model.load_weights(path)  # h5py / zip / shape mismatch: one line naming the file
     return Network(name, modalities, model, path, config.model.output_activation)
 
 
@@ -299,11 +298,11 @@ def main(argv: list | None = None) -> int:
     if not args.run and not args.models:
         parser.error("give --run or --models")
     run = args.run or Path(args.models[0]).resolve().parent.parent
-    config = load_config(run / "config.yaml")
+    config = read_config(run)
     chosen = args.modalities.split(",") if args.modalities else None
     specs = network_files(run, chosen, args.models)
     config = family_config(config, args, run, len(specs))
-    args.weights = read_weights(run) if args.ensemble == "fitted" else None
+    args.weights = read_weights(run, [s[0] for s in specs]) if args.ensemble == "fitted" else None
     cases = find_cases(args.input)
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")

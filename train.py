@@ -4,6 +4,7 @@
     python train.py ... --modality all          # flair, t1, t1ce, t2 in turn
     python train.py ... --multimodal            # one network on the four modalities as channels
     python train.py ... --resume                # continue a run that was killed or ran out of disk
+    python train.py ... --resume --repair       # ... past a damaged file, as its error line says
 
 A baseline family (model.family kermi2018, unet3d_patches, bennaceur2020: configs/<name>.yaml,
 families.py) trains one network, named after the family, on the four modalities; its examples are
@@ -24,6 +25,7 @@ Any Keras backend (KERAS_BACKEND=tensorflow, the CPU default; jax, the GPU path;
 
 One GPU per modality: start one process per modality on the same --out, each with its own
 CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
+Each network folder holds train.lock while a process trains it: a second trainer refuses.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -47,6 +50,9 @@ from data import Cache, CacheError  # noqa: E402
 from devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
 import families  # noqa: E402
 from outputs import atomic, check_folder, exits_cleanly, failure  # noqa: E402
+from runfolder import (RESTORE, RunFileError, TrainingLock, checkpoint_problem,  # noqa: E402
+                       history_rows, loading, read_config, read_network, read_split, read_state,
+                       refusal)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MULTIMODAL = "multimodal"
@@ -74,20 +80,25 @@ def write_json(path: Path, value) -> None:
         temporary.write_text(json.dumps(value, indent=1))
 
 
-def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume: bool) -> dict:
-    """Create or check the run folder; returns the split. Refuses a folder holding another run."""
+def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume: bool,
+                repair: bool = False) -> dict:
+    """Create or check the run folder; returns the split. Refuses a folder holding another run,
+    or a damaged config.yaml or split.json (--repair writes split.json again from the cache)."""
     config_file, split_file = out / "config.yaml", out / "split.json"
     split = split_cases(cache.labelled_ids(), config.train.validation_fraction, config.train.seed)
     split["cache"] = str(cache.root.resolve())
+    if resume and not config_file.exists() and any((out / n / "state.json").exists()
+                                                   for n in networks):
+        raise refusal(config_file, "missing beside trained networks")
     if config_file.exists():
-        saved = load_config(config_file)
+        saved = read_config(out)
         saved.train.epochs = config.train.epochs  # a run may be extended by more epochs
         if saved.to_dict() != config.to_dict():
             changed = [k for k in ("data", "model", "train")
                        if getattr(saved, k) != getattr(config, k)]
             raise RunError(f"{out} holds a different run (its config.yaml differs in "
                            f"{', '.join(changed) or 'name'}); choose another --out")
-        saved_split = json.loads(split_file.read_text()) if split_file.exists() else {}
+        saved_split = saved_or_repaired_split(out, split, repair)
         if {k: saved_split.get(k) for k in ("train", "validation")} != \
                 {k: split[k] for k in ("train", "validation")}:
             raise RunError(f"{out} holds a run with another train/validation split "
@@ -102,6 +113,20 @@ def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume:
         save_config(config, temporary)
     if not split_file.exists():
         write_json(split_file, split)
+    return split
+
+
+def saved_or_repaired_split(out: Path, split: dict, repair: bool) -> dict:
+    """The run's split.json; a damaged or missing one is refused, or with --repair replaced by
+    `split` (the split of --data and the seed: right for the cache the run was trained on)."""
+    try:
+        return read_split(out, f"{RESTORE}, or write it again from --data and the seed with "
+                               f"--resume --repair (only if --data is the run's cache)")
+    except RunFileError:
+        if not repair:
+            raise
+    print(f"note: {out / 'split.json'}: written again from {split['cache']} and the seed")
+    write_json(out / "split.json", split)
     return split
 
 
@@ -337,7 +362,8 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
     from model import build_model
 
     if resume_from is not None:
-        model = keras.saving.load_model(resume_from)
+        with loading_checkpoint(resume_from):
+            model = keras.saving.load_model(resume_from)
         if learning_rate is not None:
             model.optimizer.learning_rate.assign(learning_rate)
         return model
@@ -360,6 +386,13 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
     return model
 
 
+def loading_checkpoint(path: Path | None):
+    """Around loading last.keras (nothing when `path` is None): a failure is one line."""
+    if path is None:
+        return contextlib.nullcontext()
+    return loading(path, f"{RESTORE}, or delete {path.parent} to train this network afresh")
+
+
 def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list,
                     modalities: tuple, batch: int, placement, jit: bool, resume_from: Path | None):
     """A baseline's (compiled model, training batches, validation batches or None).
@@ -379,9 +412,89 @@ def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list
                            f"fewer than one global batch of {batch}")
     print(f"{family.name}: {sum(train_data.counts)} training examples ({len(train_data)} steps "
           f"an epoch), {sum(val_data.counts) if val_data else 0} validation examples")
-    with placement.scope():
+    with placement.scope(), loading_checkpoint(resume_from):
         model = families.compiled(config, len(train_data), jit, resume_from)
     return model, train_data, val_data
+
+
+def resumed_state(folder: Path, modalities: tuple, resume: bool, repair: bool) -> tuple:
+    """(state, from_best): the state a network continues from ({} for a fresh start) and whether
+    its weights come from best.weights.h5 instead of last.keras.
+
+    network.json must name `modalities`. With --resume, state.json, last.keras, best.weights.h5
+    and history.csv must be whole (a network stopped in its first epoch has none and starts
+    again); --repair continues past a damaged checkpoint or history as the refusal says.
+    """
+    if (folder / "network.json").exists() and read_network(folder) != tuple(modalities):
+        raise refusal(folder / "network.json", f"names {', '.join(read_network(folder))}, this "
+                      f"training reads {', '.join(modalities)}", f"{RESTORE}, or another --out")
+    if not resume:
+        return {}, False
+    afresh = f"delete {folder} to train this network afresh"
+    if not (folder / "state.json").exists():
+        if (folder / LAST).exists() or (folder / BEST).exists():
+            raise refusal(folder / "state.json", "missing beside the checkpoints",
+                          f"{RESTORE}, or {afresh}")
+        return {}, False
+    state = read_state(folder, f"{RESTORE}, or {afresh}")
+    last, best = checkpoint_problem(folder / LAST), checkpoint_problem(folder / BEST)
+    from_best = bool(last)
+    if last:
+        if best or not state.get("best_epoch"):
+            raise refusal(folder / LAST, last, f"{RESTORE}, or {afresh}")
+        repaired(repair, folder / LAST, last, f"continue from best.weights.h5 (epoch "
+                 f"{state['best_epoch']}) with --resume --repair: the later epochs are trained "
+                 f"again, the optimizer's moments restart")
+        state = {**state, "epochs_done": state["best_epoch"]}
+    elif best and state.get("best_epoch"):
+        repaired(repair, folder / BEST, best, "continue without it with --resume --repair: the "
+                 "best of the epochs still to come becomes best.weights.h5")
+        state = {k: v for k, v in state.items() if k not in ("best_epoch", "best_score")}
+    history = folder / "history.csv"
+    rows = len(history_rows(history))
+    if rows < state["epochs_done"]:
+        problem = (f"damaged ({rows} complete rows for {state['epochs_done']} epochs)"
+                   if history.exists() else "missing")
+        repaired(repair, history, problem, f"continue with --resume --repair, keeping it as "
+                 f"history.csv.damaged and starting a new one at epoch {state['epochs_done'] + 1}")
+        if history.exists():
+            os.replace(history, history.with_name("history.csv.damaged"))
+    return state, from_best
+
+
+def repaired(repair: bool, path: Path, problem: str, how: str) -> None:
+    """Refuse a damaged file with what to do, or (--repair) say that it is repaired as `how`."""
+    if not repair:
+        raise refusal(path, problem, f"{RESTORE}, or {how}")
+    print(f"note: {path}: {problem}; --repair: {how.replace(' with --resume --repair', '')}")
+
+
+def check_checkpoint_agrees(model, state: dict, steps: int, folder: Path, config: Config,
+                            channels: int, precision: str) -> None:
+    """last.keras must fit the run (input shape) and state.json (optimizer steps = epochs done x
+    steps per epoch): else they come from another run or training."""
+    import keras
+
+    afresh = f"restore both from one copy of the run, or delete {folder} to train it afresh"
+    expected = (*config.data.crop_size, channels)
+    if config.model.family == "een" and tuple(model.input_shape[1:]) != expected:
+        raise refusal(folder / LAST, f"reads {model.input_shape[1:]}, the run's config "
+                      f"{expected} (from another run?)", afresh)
+    done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    if precision != "mixed_float16" and done != state["epochs_done"] * steps:  # fp16 skips steps
+        raise refusal(folder / "state.json", f"says {state['epochs_done']} epoch(s) done "
+                      f"({state['epochs_done'] * steps} steps), last.keras holds {done} steps "
+                      f"(from another training?)", afresh)
+
+
+def continue_from_best(model, folder: Path, state: dict, steps: int, config: Config) -> None:
+    """--repair of a damaged last.keras: best.weights.h5 into the fresh model, the optimizer at
+    the best epoch's step, with the learning rate state.json holds."""
+    with loading(folder / BEST):
+        model.load_weights(folder / BEST)
+    model.optimizer.iterations.assign(state["epochs_done"] * steps)
+    if config.model.family == "een":
+        model.optimizer.learning_rate.assign(state["learning_rate"])
 
 
 def train_network(out: Path, name: str, modalities: tuple, config: Config, cache: Cache,
@@ -389,9 +502,9 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
     """Train (or resume) one network; returns 0, or 1 when the loss became NaN."""
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
+    state, from_best = resumed_state(folder, modalities, args.resume, args.repair)
     write_json(folder / "network.json", {"modalities": list(modalities)})
-    state_file = folder / "state.json"
-    state = json.loads(state_file.read_text()) if args.resume and state_file.exists() else {}
+    resume_from = folder / LAST if state and not from_best else None
     start = state.get("epochs_done", 0)
     if start:
         trim_history(folder / "history.csv", start)
@@ -407,19 +520,24 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
     if config.model.family != "een":
         model, train_data, val_data = family_training(
             network_config, cache, train_ids, val_ids, modalities, batch, placement, args.jit,
-            folder / LAST if state else None)
+            resume_from)
     else:
         if len(train_ids) < batch:
             raise RunError(f"{len(train_ids)} training cases cannot fill one global batch "
                            f"of {batch}")
         with placement.scope():
-            model = compiled_model(network_config, args.jit,
-                                   folder / "last.keras" if state else None,
+            model = compiled_model(network_config, args.jit, resume_from,
                                    state.get("learning_rate"), shared)
         train_data = make_dataset(cache, train_ids, modalities, batch, config.train.seed, True,
                                   config.train.augment, placement.shard)
         val_data = make_dataset(cache, val_ids, modalities, batch,
                                 shard=placement.shard) if val_ids else None
+    if from_best:
+        with placement.scope():
+            continue_from_best(model, folder, state, len(train_data), config)
+    elif resume_from is not None:
+        check_checkpoint_agrees(model, state, len(train_data), folder, config, len(modalities),
+                                args.precision)
     chain, guard = callbacks(folder, state, config, bool(val_ids), args.resume and start > 0,
                              args.max_minutes)
     print(f"{name}: {len(train_ids)} training / {len(val_ids)} validation cases, "
@@ -488,6 +606,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--multimodal", action="store_true",
                         help="one network on the four modalities stacked as channels")
     parser.add_argument("--resume", action="store_true", help="continue from last.keras")
+    parser.add_argument("--repair", action="store_true",
+                        help="with --resume: continue past a damaged last.keras, best.weights.h5, "
+                             "history.csv or split.json as its error line says")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--seed", type=int, help="override train.seed (split, order, augmentation)")
     parser.add_argument("--max-minutes", type=float,
@@ -531,12 +652,31 @@ def main(argv: list | None = None) -> int:
     placement = place(args.gpus, args.cpu_replicas,
                       Cluster(args.coordinator, args.num_processes, args.process_id))
     out = args.out / f"process{placement.process}" if placement.process else args.out
-    split = prepare_run(out, config, cache, networks, args.resume)
+    split = prepare_run(out, config, cache, networks, args.resume, args.repair)
     status, shared = 0, {}  # shared: one compiled model for the same-shaped networks
-    for name, modalities in networks.items():
-        status |= train_network(out, name, modalities, config, cache, split, args,
-                                placement, shared)
+    with contextlib.ExitStack() as held, terminated_as_exit():
+        for name in networks:  # one trainer per network folder, from now until this one ends
+            held.enter_context(TrainingLock(out / name))
+        for name, modalities in networks.items():
+            status |= train_network(out, name, modalities, config, cache, split, args,
+                                    placement, shared)
     return status
+
+
+@contextlib.contextmanager
+def terminated_as_exit():
+    """SIGTERM (kill, a scheduler's stop) ends the process as an exit, so that the locks are
+    released like at any other end; the previous handler comes back afterwards."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,31 @@ def trained_run(tmp_path_factory, small_cache):
                            "--verbose", "2"]) == 0
 
     return built_once(tmp_path_factory, "runs", build) / "small"
+
+
+# ---- damaged run folders (tests of runfolder.py's refusals in every tool) ----------------------
+
+def linked_copy(source: Path, target: Path) -> Path:
+    """A copy of a run, its large checkpoints hard links (the tests replace, never edit them)."""
+    def place(src, dst):
+        return os.link(src, dst) if os.path.getsize(src) > 2**20 else shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=place)
+    return target
+
+
+def cut(path: Path) -> None:
+    """Keep the first half of a file (a new file: a hard-linked original stays whole)."""
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def one_line_error(capsys, main, argv: list) -> str:
+    """main(argv) ends with exit status 2 and one line `error: ...` on stderr, no traceback."""
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    error = capsys.readouterr().err.strip()
+    assert stop.value.code == 2, error
+    assert error.startswith("error: ") and "\n" not in error and "Traceback" not in error, error
+    return error

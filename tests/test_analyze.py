@@ -88,3 +88,21 @@ def test_an_unwritable_csv_is_refused_before_scoring(trained_run, tmp_path, caps
     assert exit_info.value.code == 2
     captured = capsys.readouterr()
     assert "a_file" in captured.err and "| flair |" not in captured.out
+
+
+def test_damaged_run_files_are_one_line_before_scoring(trained_run, tmp_path, capsys):
+    """config.yaml, split.json, network.json and best.weights.h5 cut in half or foreign."""
+    from tests.conftest import cut, linked_copy, one_line_error
+
+    def refused(edit) -> str:
+        run = linked_copy(trained_run, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
+        edit(run)
+        return one_line_error(capsys, analyze.main, ["--run", run])
+
+    assert "config.yaml: " in refused(lambda run: cut(run / "config.yaml"))
+    assert "split.json: damaged" in refused(lambda run: cut(run / "split.json"))
+    assert "split.json: damaged or not this kind of file (no valid validation)" in refused(
+        lambda run: (run / "split.json").write_text('{"train": []}'))
+    assert "network.json: names modalities t2" in refused(
+        lambda run: (run / "flair" / "network.json").write_text('{"modalities": ["t2"]}'))
+    assert "best.weights.h5: damaged" in refused(lambda run: cut(run / "flair" / "best.weights.h5"))

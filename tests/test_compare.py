@@ -98,3 +98,36 @@ def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path, quick
         (row,) = list(csv.DictReader(handle))
     assert int(float(row["steps"])) > 0
     assert 0 < float(row["train_seconds"]) <= float(row["epoch_seconds"])
+
+
+def test_damaged_files_of_its_runs_and_results_are_one_line(tmp_path, capsys):
+    """A result or training record cut in half is refused in one line (delete it to redo the
+    system); so are a run's history.csv, network.json and config.yaml when they are read."""
+    from runfolder import RunFileError
+    from tests.conftest import cut, one_line_error
+
+    data, cache, out = tmp_path / "data", tmp_path / "cache", tmp_path / "out"
+    for folder in ("train", "validation", "validation_ground_truth"):
+        (data / folder).mkdir(parents=True)
+    cache.mkdir()
+    argv = ["--out", out, "--systems", "bennaceur2020", "--data", data, "--cache", cache]
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "bennaceur2020.json").write_text('{"system": "bennaceur2020", "scor')
+    error = one_line_error(capsys, compare.main, argv)
+    assert "bennaceur2020.json: damaged" in error and "delete it to train and score" in error
+    (out / "results" / "bennaceur2020.json").unlink()
+    run = out / "runs" / "bennaceur2020"
+    (run / "bennaceur2020").mkdir(parents=True)
+    (run / "training.json").write_text("")
+    assert "training.json: empty; delete" in one_line_error(capsys, compare.main, argv)
+
+    (run / "bennaceur2020" / "network.json").write_text(
+        json.dumps({"modalities": ["flair", "t1", "t1ce", "t2"]}))
+    history = run / "bennaceur2020" / "history.csv"
+    history.write_text("epoch,loss,steps,train_seconds,epoch_seconds\n0,0.5,4,2.0,3.0\n")
+    assert compare.network_timings(run)["epochs"] == [1]
+    cut(history)
+    with pytest.raises(RunFileError, match="history.csv: empty or damaged .*; delete"):
+        compare.network_timings(run)
+    with pytest.raises(RunFileError, match="config.yaml: missing; delete"):
+        compare.parameters(run)

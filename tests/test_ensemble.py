@@ -91,3 +91,21 @@ def test_fitted_weights_drive_predict(trained_run, small_cache, tmp_path, capsys
         predict.main([*arguments, "--output", str(tmp_path / "again"), "--ensemble", "fitted"])
     assert stop.value.code == 2
     assert "ensemble_weights.json: no fitted ensemble weights" in capsys.readouterr().err
+
+
+def test_damaged_run_files_are_one_line(trained_run, tmp_path, capsys):
+    from tests.conftest import cut, linked_copy, one_line_error
+
+    def refused(edit) -> str:
+        run = linked_copy(trained_run, tmp_path / f"run{len(list(tmp_path.iterdir()))}")
+        edit(run)
+        error = one_line_error(capsys, ensemble.main, ["--run", run])
+        assert not (run / ensemble.WEIGHTS_FILE).exists()
+        return error
+
+    assert "split.json: empty" in refused(lambda run: (run / "split.json").write_text(""))
+    assert "config.yaml: incomplete (no train section" in refused(
+        lambda run: (run / "config.yaml").write_text(
+            (run / "config.yaml").read_text().split("\ntrain:")[0] + "\n"))
+    assert "best.weights.h5: damaged" in refused(
+        lambda run: cut(run / "flair" / "best.weights.h5"))

@@ -13,7 +13,7 @@ import predict
 import synthetic
 from brats import find_cases, load_case
 from codings import CODINGS, recode
-from tests.conftest import SEED
+from tests.conftest import SEED, cut, linked_copy, one_line_error
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,49 @@ def test_coding_option_overrides_the_edition_and_reruns_keep_the_record(every_la
     (tmp_path / "codings.json").write_text("{")
     with pytest.raises(predict.ConfigError, match=r"codings.json: unreadable .*; remove it"):
         predict.record_codings(tmp_path, {}, set())
+
+
+def test_damaged_run_files_are_one_line_with_what_to_do(trained_run, validation_dir, tmp_path,
+                                                        capsys):
+    """Each file predict.py reads, cut in half, emptied, missing or from another network."""
+    import json
+
+    copies = []
+
+    def refused(edit, *extra) -> str:
+        run = linked_copy(trained_run, tmp_path / f"run{len(copies)}")
+        copies.append(run)
+        edit(run)
+        return one_line_error(capsys, predict.main, ["--run", run, "--input", validation_dir,
+                                                     "--output", tmp_path / "out", *extra])
+
+    assert "config.yaml: " in refused(lambda run: cut(run / "config.yaml"))
+    assert "config.yaml: empty; restore it" in refused(
+        lambda run: (run / "config.yaml").write_text(""))
+    assert "network.json: damaged" in refused(lambda run: cut(run / "flair" / "network.json"))
+    assert "network.json: names modalities t1 in the folder of flair" in refused(
+        lambda run: (run / "flair" / "network.json").write_text('{"modalities": ["t1"]}'))
+    error = refused(lambda run: (run / "flair" / "best.weights.h5").unlink())
+    assert "best.weights.h5: missing" in error and "--models" in error and "last.keras" in error
+
+    def untrained(run):
+        (run / "t1").mkdir()
+        (run / "t1" / "network.json").write_text('{"modalities": ["t1"]}')
+
+    assert "t1: not trained" in refused(untrained)
+
+    def weights(value):
+        return lambda run: (run / "ensemble_weights.json").write_text(json.dumps(value))
+
+    assert "ensemble_weights.json: damaged" in refused(weights({"weights": {"WT": {}}}),
+                                                       "--ensemble", "fitted")
+    other = {r: {"flair": 0.5, "t1ce": 0.5} for r in ("WT", "TC", "ET")}
+    assert "fitted for flair, t1ce, this prediction uses flair" in refused(
+        weights({"weights": other}), "--ensemble", "fitted")
+    error = refused(lambda run: cut(run / "flair" / "best.weights.h5"))
+    assert "best.weights.h5: damaged" in error and "--models" in error
+    # as the line says, the network's last.keras still predicts
+    run = copies[-1]  # its best.weights.h5 cut
+    assert run_predict(run, validation_dir, tmp_path / "pred", "--models",
+                       run / "flair" / "last.keras") == 0
+    assert len(list((tmp_path / "pred").glob("*.nii.gz"))) == 2

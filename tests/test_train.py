@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import pytest
 
 import train
 from pipeline import epoch_order
+from tests.conftest import cut, linked_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -220,7 +222,9 @@ def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
     assert "has no t2.npy" in expect_error(capsys, *small, "--data", cache, "--modality", "t2",
                                            "--out", tmp_path / "r")
     (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "config.yaml").write_text("name: paper\n")
+    from config import load_config, save_config
+
+    save_config(load_config("configs/paper.yaml"), tmp_path / "other" / "config.yaml")
     assert "holds a different run" in expect_error(capsys, *small, "--data", small_cache,
                                                    "--out", tmp_path / "other")
     assert not (tmp_path / "r").exists()
@@ -286,3 +290,131 @@ def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_stat
                          for v in seeds)
     assert all(not np.any(keras.ops.convert_to_numpy(v)) for v in second.optimizer.variables
                if "momentum" in v.path or "velocity" in v.path)
+
+
+# ---- a damaged run folder: one line and what to do; two trainers of one network ----------------
+
+def test_resume_refuses_each_damaged_or_foreign_file_in_one_line(tmp_path, small_cache,
+                                                                 one_epoch_run, capsys):
+    source, config = one_epoch_run
+
+    def damage(edit) -> Path:
+        out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        linked_copy(source, out)
+        edit(out)
+        return out
+
+    def resumed(out, *extra) -> str:
+        return expect_error(capsys, "--config", config, "--data", small_cache, "--out", out,
+                            "--epochs", "2", "--resume", *extra)
+
+    def other_training(out):  # state.json and history.csv of a longer training than last.keras
+        state = json.loads((out / "flair" / "state.json").read_text())
+        (out / "flair" / "state.json").write_text(json.dumps({**state, "epochs_done": 2}))
+        lines = (out / "flair" / "history.csv").read_text().splitlines(keepends=True)
+        (out / "flair" / "history.csv").write_text("".join(lines + lines[1:]))
+
+    def cut_file(name):
+        return lambda out: cut(out / name)
+
+    def write(name, text):
+        return lambda out: (out / name).write_text(text)
+
+    def remove(name):
+        return lambda out: (out / name).unlink()
+
+    expected = {
+        "state.json: damaged (not JSON": cut_file("flair/state.json"),
+        "state.json: empty": write("flair/state.json", ""),
+        "state.json: missing beside the checkpoints": remove("flair/state.json"),
+        "last.keras: damaged": cut_file("flair/last.keras"),
+        "best.weights.h5: damaged": cut_file("flair/best.weights.h5"),
+        "history.csv: damaged (": cut_file("flair/history.csv"),
+        "history.csv: missing": remove("flair/history.csv"),
+        "network.json: names modalities t1 in the folder of flair": write(
+            "flair/network.json", '{"modalities": ["t1"]}'),
+        "split.json: damaged": cut_file("split.json"),
+        "config.yaml: ": cut_file("config.yaml"),
+    }
+    for problem, edit in expected.items():
+        error = resumed(damage(edit))
+        assert problem in error, (problem, error)
+        assert "restore" in error, error  # and what to do
+    assert "state.json: says 2 epoch(s) done (26 steps), last.keras holds 13 steps" in resumed(
+        damage(other_training), "--epochs", "3")
+    assert "--resume --repair" in resumed(damage(cut_file("flair/last.keras")))
+
+
+def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoch_run, capsys):
+    """last.keras and history.csv cut in half: --repair continues from best.weights.h5 (epoch 1)
+    with the optimizer at its step, and keeps the damaged history aside for a new one.
+    (Without training an epoch: the steps of train_network that --repair changes.)"""
+    from config import load_config
+
+    source, config_file = one_epoch_run
+    folder = linked_copy(source, tmp_path / "run") / "flair"
+    cut(folder / "last.keras")
+    cut(folder / "history.csv")
+    state, from_best = train.resumed_state(folder, ("flair",), resume=True, repair=True)
+    assert from_best and state["epochs_done"] == 1 and state["best_epoch"] == 1
+    printed = capsys.readouterr().out
+    assert "last.keras: damaged" in printed
+    assert "--repair: continue from best.weights.h5 (epoch 1)" in printed
+    assert "history.csv: damaged" in printed and "keeping it as history.csv.damaged" in printed
+    assert (folder / "history.csv.damaged").is_file() and not (folder / "history.csv").exists()
+    config = load_config(config_file)
+    model = train.compiled_model(config, False, None, None, {})
+    train.continue_from_best(model, folder, state, 13, config)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
+        state["learning_rate"])
+    whole = keras.saving.load_model(source / "flair" / "last.keras")  # epoch 1, the best epoch
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), whole.get_weights()))
+    # best.weights.h5 cut as well: nothing to continue from, and no --repair offered
+    cut(folder / "best.weights.h5")
+    with pytest.raises(train.RunFileError, match="last.keras: damaged .*delete .* afresh"):
+        train.resumed_state(folder, ("flair",), resume=True, repair=True)
+
+
+def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alone(
+        tmp_path, small_cache, one_epoch_run):
+    """The first trainer takes over a stale lock (a process that has ended), the second refuses
+    in one line naming the first, which ends with the result of one_epoch_run's training alone."""
+    source, config = one_epoch_run
+    out = tmp_path / "run"
+    (out / "flair").mkdir(parents=True)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True).stdout.strip()
+    (out / "flair" / "train.lock").write_text(json.dumps(
+        {"host": __import__("socket").gethostname(), "pid": int(ended), "started": "earlier"}))
+    command = [sys.executable, "train.py", "--config", str(config), "--data", str(small_cache),
+               "--out", str(out), "--epochs", "1", "--verbose", "0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        lock = out / "flair" / "train.lock"
+        for _ in range(600):
+            if lock.exists() and f'"pid": {first.pid}' in lock.read_text():
+                break
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        second = subprocess.run([*command, "--resume"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert first.poll() is None  # the first goes on
+        errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+        assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr[-2000:]
+        assert len(errors) == 1 and f"being trained by process {first.pid} on" in errors[0]
+        output, err = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, err[-2000:]
+    assert f"taken over from process {ended}" in output
+    assert not lock.exists()
+    alone = history(source / "flair")
+    raced = history(out / "flair")
+    assert len(raced) == 1
+    for column in ("loss", "val_dice_mean"):
+        assert float(raced[0][column]) == pytest.approx(float(alone[0][column]), rel=1e-3, abs=1e-4)
+    assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
