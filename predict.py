@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import json
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from brats import CaseError, find_cases, load_case  # noqa: E402
 from codings import CODINGS, STORED, CodingError, layout_coding, recode, stored_codings  # noqa: E402
-from config import Config, ConfigError, load_config  # noqa: E402
+from config import Config, ConfigError  # noqa: E402
 from ensemble import combine, read_weights  # noqa: E402
 import families  # noqa: E402
 from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
