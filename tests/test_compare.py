@@ -8,16 +8,19 @@ import pytest
 
 import compare
 import train
+from tests.conftest import built_once
 
 SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp"
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
-    """One quick comparison: 4 training and 2 validation cases, one epoch per network."""
-    out = tmp_path_factory.mktemp("compare") / "out"
-    assert compare.main(["--out", str(out), "--quick", "--systems", SYSTEMS]) == 0
-    return out
+    """One quick comparison: 4 training and 2 validation cases, one epoch per network; made once
+    per run (built_once), since the worker may interleave other files between this file's tests."""
+    def build(folder):
+        assert compare.main(["--out", str(folder / "out"), "--quick", "--systems", SYSTEMS]) == 0
+
+    return built_once(tmp_path_factory, "compare_quick", build) / "out"
 
 
 def table(out) -> dict:

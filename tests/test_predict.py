@@ -13,6 +13,7 @@ import predict
 import synthetic
 from brats import find_cases, load_case
 from codings import CODINGS, recode
+from config import load_config
 from tests.conftest import SEED, cut, linked_copy, one_line_error
 
 
@@ -97,7 +98,7 @@ def test_missing_run_is_a_clear_error(tmp_path, validation_dir, capsys):
 
 
 def test_flip_tta_and_bfloat16_give_close_probabilities(trained_run, validation_dir):
-    config = predict.load_config(trained_run / "config.yaml")
+    config = load_config(trained_run / "config.yaml")
     [spec] = predict.network_files(trained_run, ["flair"], None)
     case = load_case(find_cases(validation_dir)[0])
     from preprocess import preprocess_case
