@@ -211,6 +211,19 @@ def find_prediction(case_id: str, prediction_dir: Path) -> Path | None:
                  if (prediction_dir / f"{case_id}{s}").is_file()), None)
 
 
+def read_prediction(case_id: str, prediction_dir: Path):
+    """(path, NIfTI image, labels) of a case's prediction, or the problem that penalises the case
+    (a string: none found, or unreadable)."""
+    path = find_prediction(case_id, prediction_dir)
+    if path is None:
+        return "no prediction"
+    try:
+        img, labels = read_label_map(path, case_id)
+    except CaseError as error:
+        return str(error).split(": ", 1)[-1]
+    return path, img, labels
+
+
 def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
                scoring: Scoring = Scoring()) -> Scored:
     if scoring.official:
@@ -225,13 +238,10 @@ def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
         return Scored(case_id, {f"{m}_{r}": penalty_scores()[m] for r in REGIONS for m in METRICS},
                       problem)
 
-    path = find_prediction(case_id, prediction_dir)
-    if path is None:
-        return penalised("no prediction")
-    try:
-        prediction_img, labels = read_label_map(path, case_id)
-    except CaseError as error:
-        return penalised(str(error).split(": ", 1)[-1])
+    found = read_prediction(case_id, prediction_dir)
+    if isinstance(found, str):
+        return penalised(found)
+    path, prediction_img, labels = found
     try:
         prediction, note = prediction_masks(labels, scoring, case_id)
     except CodingError as error:
@@ -287,13 +297,10 @@ def score_official(case_id: str, truth_file: tuple, prediction_dir: Path, scorin
 
     with tempfile.TemporaryDirectory(prefix="brats2025-") as folder:
         truth, truth_img = official_truth(case_id, truth_file, scoring, Path(folder))
-        path = find_prediction(case_id, prediction_dir)
-        if path is None:
-            return penalised("no prediction")
-        try:
-            prediction_img, labels = read_label_map(path, case_id)
-        except CaseError as error:
-            return penalised(str(error).split(": ", 1)[-1])
+        found = read_prediction(case_id, prediction_dir)
+        if isinstance(found, str):
+            return penalised(found)
+        path, prediction_img, labels = found
         try:
             coding, note = prediction_coding(label_values(labels), scoring, case_id)
             prediction = in_coding(path, prediction_img, labels, coding, scoring.native,
