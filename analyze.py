@@ -31,11 +31,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from config import Config, ConfigError  # noqa: E402
-from data import Cache, CacheError  # noqa: E402
-from outputs import atomic, check_file, exits_cleanly  # noqa: E402
-from runfolder import (loading, network_weights, read_config, read_network,  # noqa: E402
-                       read_split)
+from util.config import Config, ConfigError  # noqa: E402
+from datasets.cache import Cache, CacheError  # noqa: E402
+from util.outputs import atomic, check_file, exits_cleanly  # noqa: E402
+from util.runfolder import (loading, network_weights, read_config, read_network,  # noqa: E402
+                            read_split)
 
 MODES = ("full", "no_2d", "no_3d_skips")
 REGIONS = ("WT", "TC", "ET")

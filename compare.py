@@ -37,8 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
-from runfolder import RunFileError, read_config, read_history, read_json, read_network  # noqa: E402
+from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+from util.runfolder import (RunFileError, read_config, read_history, read_json,  # noqa: E402
+                            read_network)
 
 HERE = Path(__file__).resolve().parent
 REGIONS = ("ET", "WT", "TC")
@@ -177,7 +178,7 @@ def parameters(run: Path) -> int:
     """Parameters of all the run's networks, each built from the run's config."""
     import keras
 
-    import families
+    from systems import families
 
     again = f"delete {run} to train the system again"
     config = read_config(run, again)
@@ -327,7 +328,7 @@ def markdown(rows: list, note: str) -> str:
 
 def chart(rows: list, path: Path, title: str) -> None:
     """Bars of mean Dice and HD95 per region and system, with the std as error bars."""
-    import figures
+    from util import figures
 
     plt = figures.plt
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))

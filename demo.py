@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from outputs import check_folder, exits_cleanly  # noqa: E402
+from util.outputs import check_folder, exits_cleanly  # noqa: E402
 
 CONFIG = Path("configs/small.yaml")
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -62,10 +62,10 @@ def draw_figures(out: Path, run: Path, predictions: Path, data: Path, cache: Pat
     """Overlays of the validation cases, the feature maps of FLAIR and T1ce, training curves."""
     import keras
 
-    import figures
-    from brats import find_cases, find_label_files, load_case, read_labels
-    from config import load_config
-    from data import Cache
+    from util import figures
+    from brats.cases import find_cases, find_label_files, load_case, read_labels
+    from util.config import load_config
+    from datasets.cache import Cache
     from model import COMPRESSED_IMAGE, DECODED_IMAGE, build_model, feature_model
 
     written = []

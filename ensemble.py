@@ -24,10 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from config import ConfigError  # noqa: E402
-from data import Cache, CacheError  # noqa: E402
-from outputs import atomic, check_file, exits_cleanly  # noqa: E402
-from runfolder import read_config, read_json, read_split, refusal  # noqa: E402
+from util.config import ConfigError  # noqa: E402
+from datasets.cache import Cache, CacheError  # noqa: E402
+from util.outputs import atomic, check_file, exits_cleanly  # noqa: E402
+from util.runfolder import read_config, read_json, read_split, refusal  # noqa: E402
 
 REGIONS = ("WT", "TC", "ET")
 WEIGHTS_FILE = "ensemble_weights.json"
@@ -112,7 +112,7 @@ def held_out_probabilities(run: Path, data: Path | None) -> tuple:
     held-out cases, every network at its best weights."""
     import keras
 
-    from predict import load_network, network_files
+    from systems.networks import load_network, network_files
 
     config = read_config(run)
     split = read_split(run)

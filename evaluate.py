@@ -49,13 +49,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-import brats2025
-import lesionwise
-from brats import CaseError, convert_labels, find_label_files, read_nifti, strip_nii
-from codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, layout_coding,
-                     recognise, recode, recoding, region_masks, stored_codings)
-from metrics import dice, hausdorff95, sensitivity, specificity
-from outputs import atomic, check_file, exits_cleanly
+from scoring import brats2025
+from scoring import lesionwise
+from brats.cases import CaseError, convert_labels, find_label_files, read_nifti, strip_nii
+from brats.codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, layout_coding,
+                           recognise, recode, recoding, region_masks, stored_codings)
+from scoring.metrics import dice, hausdorff95, sensitivity, specificity
+from util.outputs import atomic, check_file, exits_cleanly
 
 METRICS = ("Dice", "Sensitivity", "Specificity", "Hausdorff95")
 EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.1287...

@@ -28,11 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 from keras import layers, ops
 
-from config import Config, ConfigError, load_config
-from families import family_of
-import fast_layers
-from fast_layers import GroupNorm
-from outputs import exits_cleanly
+from util.config import Config, ConfigError, load_config
+from systems.baselines import baseline_module
+from systems import fast_layers
+from systems.fast_layers import GroupNorm
+from util.outputs import exits_cleanly
 
 
 class Backbone(NamedTuple):
@@ -413,7 +413,8 @@ def main(argv: list | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(args.config)
     config.model.backbone_weights = None if args.weights == "none" else args.weights
-    model = family_of(config).build(config)  # the EEN, or the baseline model.family names
+    family = config.model.family  # the EEN, or the baseline it names
+    model = build_model(config) if family == "een" else baseline_module(family).build(config)
     if args.summary:
         model.summary(expand_nested=False, line_length=110)
     else:

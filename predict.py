@@ -38,86 +38,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from brats import CaseError, find_cases, load_case  # noqa: E402
-from codings import CODINGS, STORED, CodingError, layout_coding, recode, stored_codings  # noqa: E402
-from config import Config, ConfigError  # noqa: E402
+from brats.cases import CaseError, find_cases, load_case  # noqa: E402
+from brats.codings import (CODINGS, STORED, CodingError, layout_coding, recode,  # noqa: E402
+                           regions_to_labels, stored_codings)
+from datasets.volumes import full_grid, preprocess_case  # noqa: E402
 from ensemble import combine, read_weights  # noqa: E402
-import families  # noqa: E402
-from outputs import atomic, check_folder, exits_cleanly  # noqa: E402
-from preprocess import downsampled_shape, preprocess_case, uncrop, upsample  # noqa: E402
-from runfolder import loading, network_weights, read_config, read_network  # noqa: E402
+from systems import families  # noqa: E402
+from systems.networks import Network, load_network, network_files  # noqa: E402
+from util.config import Config, ConfigError  # noqa: E402
+from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+from util.runfolder import read_config  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 WRITABLE_CODINGS = tuple(c for c in CODINGS if c != "brats2024-men-rt")  # GTV is no glioma region
-
-
-@dataclasses.dataclass
-class Network:
-    """One trained network: its modalities and weights file, run on a model shared by the ensemble."""
-
-    name: str
-    modalities: tuple
-    model: object  # keras.Model, shared by every network with the same number of channels
-    weights: Path
-    activation: str
-
-    def activate(self):
-        """Load this network's weights into the shared model (about 0.2 s); returns the model."""
-        self.model.load_weights(self.weights)
-        return self.model
-
-
-# ---- loading the networks ---------------------------------------------------------------------
-
-def network_files(run: Path, modalities: list | None, models: list | None) -> list:
-    """(name, modalities, weights file) of each network: best.weights.h5 (--models: the files
-    named). A network without it is refused in one line that names --models and last.keras."""
-    if models:
-        chosen = [Path(m) for m in models]
-    else:
-        folders = sorted(p.parent for p in run.glob("*/network.json"))
-        chosen = [network_weights(f, f"or predict with --models {f / 'last.keras'}")
-                  for f in folders if modalities is None or f.name in modalities]
-    found = []
-    for path in chosen:
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such model file")
-        description = path.parent / "network.json"
-        if not description.is_file():
-            raise ConfigError(f"{path}: no network.json beside it (is it in a run folder?)")
-        names = read_network(path.parent)
-        if modalities is None or path.parent.name in modalities:
-            found.append((path.parent.name, names, path))
-    if not found:
-        raise ConfigError(f"{run}: no trained network found"
-                          + (f" for {', '.join(modalities)}" if modalities else ""))
-    return found
-
-
-def load_network(name: str, modalities: tuple, path: Path, config: Config, precision: str,
-                 models: dict | None = None) -> Network:
-    """Read a network's weights into a model built from the run's config in `precision`.
-
-    `models` (channels -> model) lets the networks of an ensemble share one compiled model and
-    swap weights from their files, so that memory holds one model and one set of activations
-    however many networks there are (the weights are read here once to check them).
-    """
-    import keras
-
-    models = {} if models is None else models
-    if len(modalities) not in models:
-        network_config = dataclasses.replace(config, model=dataclasses.replace(
-            config.model, channels=len(modalities), backbone_weights=None))
-        keras.mixed_precision.set_global_policy(precision)
-        try:
-            models[len(modalities)] = families.family_of(network_config).build(network_config)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-    model = models[len(modalities)]
-    other = path.with_name("last.keras" if path.suffix == ".h5" else "best.weights.h5")
-    with loading(path, f"restore it from a copy of the run, or use predict.py --models {other}"):
-        model.load_weights(path)  # h5py / zip / shape mismatch: one line naming the file
-    return Network(name, modalities, model, path, config.model.output_activation)
 
 
 # ---- one case ---------------------------------------------------------------------------------
@@ -143,33 +76,6 @@ def region_probabilities(network: Network, arrays: dict, tta: bool) -> np.ndarra
             output = np.asarray(classes_to_regions(output), np.float32)
         total += np.flip(output, axes) if axes else output
     return total / len(flips(tta))
-
-
-def regions_to_labels(probabilities: np.ndarray, threshold: float = 0.5,
-                      et_min_voxels: int = 0) -> np.ndarray:
-    """Region probabilities (..., 3) WT, TC, ET -> uint8 BraTS labels, nesting enforced.
-
-    With et_min_voxels > 0, an enhancing tumour smaller than that becomes necrosis (label 1),
-    the post-processing top BraTS teams use against false-positive ET in LGG cases.
-    """
-    et = probabilities[..., 2] > threshold
-    tc = (probabilities[..., 1] > threshold) | et
-    wt = (probabilities[..., 0] > threshold) | tc
-    labels = np.zeros(probabilities.shape[:-1], np.uint8)
-    labels[wt] = 2
-    labels[tc] = 1
-    labels[et] = 4
-    if et_min_voxels and 0 < np.count_nonzero(et) < et_min_voxels:
-        labels[et] = 1
-    return labels
-
-
-def full_grid(probabilities: np.ndarray, meta: dict) -> np.ndarray:
-    """Cropped (H, W, D, 3) probabilities -> the original grid (X, Y, Z, 3)."""
-    factor = meta["downsample"]
-    shape = tuple(meta["original_shape"])
-    grid = uncrop(probabilities, tuple(meta["crop_offsets"]), downsampled_shape(shape, factor))
-    return upsample(grid, factor, shape)
 
 
 def write_labels(labels: np.ndarray, case, path: Path) -> None:

@@ -25,8 +25,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from brats import LAYOUTS, MODALITIES, MSD_CHANNELS
-from outputs import atomic, check_folder, exits_cleanly
+from brats.cases import LAYOUTS, MODALITIES, MSD_CHANNELS
+from util.outputs import atomic, check_folder, exits_cleanly
 
 GRID = (240, 240, 155)
 # BraTS volumes are stored with x and y reversed with respect to RAS (origin 0, 239, 0).

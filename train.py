@@ -44,15 +44,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from brats import MODALITIES  # noqa: E402
-from config import Config, ConfigError, load_config, save_config  # noqa: E402
-from data import Cache, CacheError  # noqa: E402
-from devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
-import families  # noqa: E402
-from outputs import atomic, check_folder, exits_cleanly, failure  # noqa: E402
-from runfolder import (RESTORE, RunFileError, TrainingLock, checkpoint_problem,  # noqa: E402
-                       history_rows, loading, read_config, read_network, read_split, read_state,
-                       refusal)
+from brats.cases import MODALITIES  # noqa: E402
+from util.config import Config, ConfigError, load_config, save_config  # noqa: E402
+from datasets.cache import Cache, CacheError  # noqa: E402
+from util.devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
+from systems import families  # noqa: E402
+from util.outputs import atomic, check_folder, exits_cleanly, failure  # noqa: E402
+from util.runfolder import (RESTORE, RunFileError, TrainingLock, checkpoint_problem,  # noqa: E402
+                            history_rows, loading, read_config, read_network, read_split,
+                            read_state, refusal)
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MULTIMODAL = "multimodal"
@@ -149,7 +149,7 @@ def make_dataset(cache: Cache, ids: list, modalities: tuple, batch: int, seed: i
     to fit, so a resumed run sees the same sequence as an uninterrupted one; the last incomplete
     batch is dropped. Validation: the cases once, in order.
     """
-    from pipeline import CaseBatches
+    from datasets.pipeline import CaseBatches
 
     return CaseBatches(cache_sampler(cache, modalities), ids, batch, seed, shuffle, augment, shard)
 
@@ -169,7 +169,7 @@ def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, r
     """The callbacks of one network's training, in the order they must run at an epoch's end."""
     import keras
 
-    from figures import read_history, save, training_curves
+    from util.figures import read_history, save, training_curves
 
     class NanGuard(keras.callbacks.Callback):
         """Stop at the first non-finite loss; the checkpoints then keep the last good epoch."""
@@ -399,7 +399,7 @@ def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list
 
     The batches come first: the optimizer's schedule needs the number of steps per epoch.
     """
-    from examples import family_batches
+    from datasets.examples import family_batches
 
     family = families.family_of(config)
     train_data = family_batches(family, cache, train_ids, modalities, batch, config, True,

@@ -25,7 +25,7 @@ DEFAULT = ("EfficientNetB0,EfficientNetV2B0,EfficientNetV2S,ResNet50V2,DenseNet1
 
 def worker(args) -> dict:
     """Build the config with one backbone, time its training step, return its figures."""
-    from config import load_config
+    from util.config import load_config
     from model import build_model
 
     config = load_config(args.config)

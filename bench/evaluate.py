@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import evaluate  # noqa: E402
 import synthetic  # noqa: E402
-from brats import find_label_files  # noqa: E402
+from brats.cases import find_label_files  # noqa: E402
 
 CONVENTIONS = ("brats2020", "brats2023-gli", "brats2023-met", "brats2024-ped")
 

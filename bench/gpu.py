@@ -75,7 +75,7 @@ def timing_turn(lock_file: str):
 def load(config_path: str, precision: str):
     import keras
 
-    from config import load_config
+    from util.config import load_config
 
     keras.mixed_precision.set_global_policy(precision)
     config = load_config(config_path)
@@ -113,7 +113,7 @@ def fit_row(args) -> dict:
     import preprocess
     import synthetic
     import train
-    from data import Cache
+    from datasets.cache import Cache
 
     config = load(args.config, args.precision)
     folder = Path(tempfile.mkdtemp(prefix="gpu_fit_"))

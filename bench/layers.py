@@ -200,7 +200,7 @@ def measure(config_path, repeats: int = 2, stock: bool = False, match: str = "",
 
     import keras
 
-    from config import load_config
+    from util.config import load_config
     from model import FAST, STOCK, build_model
 
     config = load_config(config_path)

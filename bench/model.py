@@ -45,7 +45,7 @@ def worker(args) -> dict:
 
     keras.mixed_precision.set_global_policy(args.precision)
     import losses
-    from config import load_config
+    from util.config import load_config
     from model import FAST, STOCK, Kernels, build_model
 
     config = load_config(args.config)

@@ -30,7 +30,7 @@ MODALITIES = ("flair", "t1", "t1ce", "t2")
 def make_run(root: Path) -> Path:
     import keras
 
-    from config import load_config, save_config
+    from util.config import load_config, save_config
     from model import build_model
 
     config = load_config(ROOT / "configs" / "paper.yaml")
@@ -51,10 +51,10 @@ def baseline(root: Path) -> dict:
     """Four eager float32 forward passes with the stock GroupNormalization on one case."""
     import numpy as np
 
-    from brats import find_cases, load_case
-    from config import load_config
+    from brats.cases import find_cases, load_case
+    from util.config import load_config
     from model import STOCK, build_model
-    from preprocess import preprocess_case
+    from datasets.volumes import preprocess_case
 
     config = load_config(root / "run" / "config.yaml")
     model = build_model(config, STOCK)  # random weights: same speed
@@ -72,13 +72,15 @@ def project(root: Path, precision: str) -> dict:
     import statistics
 
     import predict
-    from brats import find_cases
+    from systems.networks import load_network, network_files
+    from util.config import load_config
+    from brats.cases import find_cases
 
     run = root / "run"
-    config = predict.load_config(run / "config.yaml")
+    config = load_config(run / "config.yaml")
     models = {}
-    networks = [predict.load_network(*spec, config, precision, models)
-                for spec in predict.network_files(run, None, None)]
+    networks = [load_network(*spec, config, precision, models)
+                for spec in network_files(run, None, None)]
     options = ap.Namespace(tta=False, threshold=0.5, et_min_voxels=0, save_probabilities=False,
                            output=root / f"pred_{precision}")
     options.output.mkdir()

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import preprocess  # noqa: E402
 import synthetic  # noqa: E402
 import train  # noqa: E402
-from brats import find_cases, in_threads  # noqa: E402
-from data import Cache  # noqa: E402
+from brats.cases import find_cases, in_threads  # noqa: E402
+from datasets.cache import Cache  # noqa: E402
 
 
 def bare_load(files) -> None:

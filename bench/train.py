@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import preprocess  # noqa: E402
 import synthetic  # noqa: E402
 import train  # noqa: E402
-from brats import find_cases  # noqa: E402
-from config import load_config  # noqa: E402
-from data import Cache  # noqa: E402
+from brats.cases import find_cases  # noqa: E402
+from util.config import load_config  # noqa: E402
+from datasets.cache import Cache  # noqa: E402
 
 
 def make_cache(root: Path, config, cases: int) -> Cache:

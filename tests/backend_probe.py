@@ -33,7 +33,8 @@ def main(argv: list) -> int:
     import losses  # noqa: F401  (registers the loss and metrics load_model needs)
     import model  # noqa: F401  (registers the custom layers)
     import predict
-    from config import load_config
+    from systems import networks
+    from util.config import load_config
 
     batch = np.load(batch_file)
     x, y = batch["x"], batch["y"]
@@ -41,7 +42,7 @@ def main(argv: list) -> int:
     before = np.asarray(network.predict_on_batch(x))
     loss = float(network.train_on_batch(x, y, return_dict=True)["loss"])
     after = np.asarray(network.predict_on_batch(x))
-    loaded = predict.load_network("flair", ("flair",), weights_file, load_config(config_file),
+    loaded = networks.load_network("flair", ("flair",), weights_file, load_config(config_file),
                                   "float32")
     probabilities = predict.region_probabilities(loaded, {"flair": x[0, ..., 0]}, False)
     np.savez(out_file, backend=keras.backend.backend(), before=before, loss=loss, after=after,

@@ -31,7 +31,7 @@ def layer_pair(kind: str, settings: dict):
     """(stock layer, fast layer) for one case, unbuilt."""
     import keras
 
-    import fast_layers
+    from systems import fast_layers
 
     if kind == "norm":
         return (keras.layers.GroupNormalization(**settings), fast_layers.GroupNorm(**settings))

@@ -24,7 +24,7 @@ def main(argv: list) -> int:
     import numpy as np
 
     import model as een
-    from config import load_config
+    from util.config import load_config
 
     def build(levels):
         config = load_config(config_file)

@@ -5,7 +5,7 @@ import numpy as np
 
 import analyze
 import model as een
-from config import load_config
+from util.config import load_config
 
 
 def test_dice_counts_both_empty_as_one():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import model as een
-from config import load_config
+from util.config import load_config
 
 NEW_FAMILIES = ["EfficientNetV2B0", "EfficientNetV2S", "ResNet50V2", "DenseNet121", "ConvNeXtTiny",
                 "MobileNetV3Large"]

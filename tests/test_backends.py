@@ -21,10 +21,11 @@ import yaml
 import predict
 import synthetic
 import train
-from config import load_config
-from data import Cache
-from preprocess import CACHE_SETTINGS
+from util.config import load_config
+from datasets.cache import Cache
+from datasets.cache import CACHE_SETTINGS
 from tests.backend_probe import without_dropout
+from systems import networks
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_BACKENDS = ("jax", "torch")
@@ -90,7 +91,7 @@ def test_same_outputs_loss_and_checkpoints_on_every_backend(tmp_path, tiny_confi
                                    str(tmp_path / f"{b}.npz")], cwd=ROOT, env=backend_env(b),
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
               for b in OTHER_BACKENDS}
-    loaded = predict.load_network("flair", ("flair",), files[2], config, "float32")
+    loaded = networks.load_network("flair", ("flair",), files[2], config, "float32")
     reference["probabilities"] = predict.region_probabilities(loaded, {"flair": x[0, ..., 0]}, False)
     assert reference["loss"] > 0 and reference["before"].std() > 1e-3
     for backend, probe in probes.items():

@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import yaml
 
-import families
+from systems import families
 import model as een
 import preprocess
 import synthetic
-from baselines import bennaceur2020, kermi2018, unet3d_patches
-from baselines.common import BACKGROUND_MARKER, cached_intensities, normalise_slices, predict_slices
-from brats import MODALITIES, find_cases, load_case
-from config import FAMILIES, ConfigError, config_from_dict, load_config, save_config
-from data import Cache
+from systems import bennaceur2020, kermi2018, unet3d_patches
+from systems.common import BACKGROUND_MARKER, cached_intensities, normalise_slices, predict_slices
+from brats.cases import MODALITIES, find_cases, load_case
+from util.config import FAMILIES, ConfigError, config_from_dict, load_config, save_config
+from datasets.cache import Cache
+from datasets import volumes
 
 BASELINE_CONFIGS = ("kermi2018", "unet3d_patches", "bennaceur2020")
 
@@ -123,7 +124,7 @@ def test_cached_intensities_undo_the_cache_z_score(one_case):
     cache = Cache(one_case / "cache")
     case = load_case(find_cases(one_case / "raw")[0])
     meta = cache.meta(cache.ids[0])
-    expected = np.stack([preprocess.crop(preprocess.block_mean(case.stored[m], 3),
+    expected = np.stack([volumes.crop(volumes.block_mean(case.stored[m], 3),
                                          meta["crop_offsets"], cache.crop_size)
                          for m in MODALITIES], axis=-1)
     np.testing.assert_allclose(cached_intensities(cache, cache.ids[0]), expected, rtol=1e-4,

@@ -12,13 +12,14 @@ import pytest
 import yaml
 
 import evaluate
-import families
+from systems import families
 import predict
 import train
-from baselines import bennaceur2020
-from brats import MODALITIES, find_cases
-from config import load_config, save_config
-from examples import PooledExamples, fitted
+from systems import bennaceur2020
+from brats.cases import MODALITIES, find_cases
+from util.config import load_config, save_config
+from datasets.examples import PooledExamples, fitted
+from brats import codings
 
 # Few examples, so that an epoch is seconds on 2 cores (13 training cases of the small cache).
 FEW = {"kermi2018": {"patches_per_slice": 0.25},  # 12 patches a case: 39 steps of 4
@@ -181,7 +182,7 @@ def test_bennaceur_postprocessing_switch(tmp_path, one_case, monkeypatch):
         assert predict.main(["--run", str(tmp_path / "run"), "--input", str(one_case),
                              "--output", str(tmp_path / choice), "--postprocess", choice]) == 0
         labels[choice] = np.asarray(nib.load(tmp_path / choice / f"{case_id}.nii.gz").dataobj)
-    raw = predict.regions_to_labels(regions)
+    raw = codings.regions_to_labels(regions)
     np.testing.assert_array_equal(labels["none"], raw)
     first = bennaceur2020.remove_small_components(raw, 110)
     assert first[100:106, 100:106].max() == 0 and first[20:32, 20:32, 70].min() == 2

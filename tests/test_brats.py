@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import synthetic
-from brats import MODALITIES, CaseError, find_cases, load_case
+from brats.cases import MODALITIES, CaseError, find_cases, load_case
 from tests.conftest import SEED
 
 LAYOUT_IDS = {

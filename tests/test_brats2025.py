@@ -10,9 +10,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import brats2025
+from scoring import brats2025
 import evaluate
-from codings import STORED, recode
+from brats.codings import STORED, recode
 
 SHAPE = (48, 48, 40)
 AFFINE = np.diag([1.0, 0.9, 1.5, 1.0])  # anisotropic voxels: distances and volumes in mm

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from codings import CODINGS, CodingError, layout_coding, recode, region_masks
+from brats.codings import CODINGS, CodingError, layout_coding, recode, region_masks
 
 BRATS2020 = np.array([0, 1, 2, 4], np.uint8)  # background, necrosis, edema, enhancing
 

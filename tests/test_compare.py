@@ -106,7 +106,7 @@ def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path, quick
 def test_damaged_files_of_its_runs_and_results_are_one_line(tmp_path, capsys):
     """A result or training record cut in half is refused in one line (delete it to redo the
     system); so are a run's history.csv, network.json and config.yaml when they are read."""
-    from runfolder import RunFileError
+    from util.runfolder import RunFileError
     from tests.conftest import cut, one_line_error
 
     data, cache, out = tmp_path / "data", tmp_path / "cache", tmp_path / "out"

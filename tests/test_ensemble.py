@@ -10,7 +10,7 @@ import pytest
 import ensemble
 import predict
 import synthetic
-from config import ConfigError
+from util.config import ConfigError
 from tests.conftest import SEED
 
 

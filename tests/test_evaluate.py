@@ -8,9 +8,9 @@ from medpy.metric import binary as medpy
 
 import evaluate
 import synthetic
-from brats import find_label_files
-from predict import regions_to_labels
-from preprocess import label_regions
+from brats.cases import find_label_files
+from brats.codings import regions_to_labels
+from datasets.volumes import label_regions
 from tests.conftest import SEED
 
 

@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 import model as een
-from config import load_config
-import fast_layers
-from fast_layers import depth_folding
+from util.config import load_config
+from systems import fast_layers
+from systems.fast_layers import depth_folding
 from tests.layer_probe import CASES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """figures.py draws what the scripts and notebooks show, and writes PNGs atomically."""
 import numpy as np
 
-import figures
+from util import figures
 
 
 def test_figures_are_written(tmp_path):

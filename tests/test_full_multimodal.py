@@ -4,10 +4,9 @@ import math
 import numpy as np
 
 import model as een
-import predict
-import preprocess
-from brats import MODALITIES, find_cases, load_case
-from config import load_config
+from brats.cases import MODALITIES, find_cases, load_case
+from util.config import load_config
+from datasets import volumes
 
 CONFIG = "configs/full_multimodal.yaml"
 
@@ -18,7 +17,7 @@ def test_config_pads_the_brats_grid_to_multiples_of_32_and_depth_factors_of_162(
     assert config.model.channels == len(config.data.modalities) == 4
     assert 3 * math.prod(config.model.depth_factors) == 162
     assert all(s >= n for s, n in zip(config.data.crop_size, (240, 240, 155)))
-    assert preprocess.crop_offsets((240, 240, 155), config.data.crop_size) == (-8, -8, -4)
+    assert volumes.crop_offsets((240, 240, 155), config.data.crop_size) == (-8, -8, -4)
 
 
 def test_preprocessing_pads_and_prediction_removes_the_padding_exactly(brats2020_dir):
@@ -27,7 +26,7 @@ def test_preprocessing_pads_and_prediction_removes_the_padding_exactly(brats2020
     config = load_config(CONFIG)
     case = load_case(find_cases(brats2020_dir)[0])
     assert case.shape == (240, 240, 155)
-    arrays, meta = preprocess.preprocess_case(case, config.data.crop_size, config.data.crop_mode)
+    arrays, meta = volumes.preprocess_case(case, config.data.crop_size, config.data.crop_mode)
     assert meta["crop_offsets"] == [-8, -8, -4]
     assert meta["wt_voxels"] > 0 and meta["wt_voxels_lost"] == 0
     inside = (slice(8, 248), slice(8, 248), slice(4, 159))
@@ -40,8 +39,8 @@ def test_preprocessing_pads_and_prediction_removes_the_padding_exactly(brats2020
         brain = case.images[modality] != 0
         assert (image[inside] != 0).sum() == brain.sum()
     regions = arrays["regions"].astype(np.float32)
-    np.testing.assert_array_equal(predict.full_grid(regions, meta),
-                                  preprocess.label_regions(case.seg).astype(np.float32))
+    np.testing.assert_array_equal(volumes.full_grid(regions, meta),
+                                  volumes.label_regions(case.seg).astype(np.float32))
 
 
 def test_full_size_forward_pass_on_cpu():

@@ -10,8 +10,8 @@ from medpy.metric import binary as medpy
 from scipy import ndimage
 
 import evaluate
-import lesionwise
-from codings import region_masks
+from scoring import lesionwise
+from brats.codings import region_masks
 
 GLI = lesionwise.CONVENTIONS["brats2023-gli"]  # dilation 3, minimum 50 mm3, penalty 374
 MET = lesionwise.CONVENTIONS["brats2023-met"]  # dilation 1, minimum 2 mm3, penalty 374

@@ -6,7 +6,7 @@ from keras import ops
 
 import losses
 import model as een
-from config import load_config
+from util.config import load_config
 
 EPS = losses.DICE_EPS
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import model as een
-from config import ConfigError, load_config
+from util.config import ConfigError, load_config
 
 
 def count(weights) -> int:
@@ -278,7 +278,7 @@ def test_skip_dropout_levels_choose_which_skips_can_be_dropped():
 
 
 def load_config_with(**model):
-    from config import config_from_dict
+    from util.config import config_from_dict
 
     return config_from_dict({"data": {"crop_size": [64, 64, 48]},
                              "model": {"depth_factors": [2, 2, 4], **model}})

@@ -22,7 +22,7 @@ import predict
 import preprocess
 import synthetic
 import train
-from brats import find_cases
+from brats.cases import find_cases
 from tests.conftest import SEED
 
 ROOT = Path(__file__).resolve().parents[1]

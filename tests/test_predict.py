@@ -11,10 +11,12 @@ import pytest
 import evaluate
 import predict
 import synthetic
-from brats import find_cases, load_case
-from codings import CODINGS, recode
-from config import load_config
+from brats.cases import find_cases, load_case
+from brats.codings import CODINGS, recode
+from util.config import load_config
 from tests.conftest import SEED, cut, linked_copy, one_line_error
+from datasets import volumes
+from systems import networks
 
 
 @pytest.fixture(scope="module")
@@ -99,14 +101,14 @@ def test_missing_run_is_a_clear_error(tmp_path, validation_dir, capsys):
 
 def test_flip_tta_and_bfloat16_give_close_probabilities(trained_run, validation_dir):
     config = load_config(trained_run / "config.yaml")
-    [spec] = predict.network_files(trained_run, ["flair"], None)
+    [spec] = networks.network_files(trained_run, ["flair"], None)
     case = load_case(find_cases(validation_dir)[0])
-    from preprocess import preprocess_case
+    from datasets.volumes import preprocess_case
 
     arrays, _ = preprocess_case(case, (64, 64, 48), "brain", 3)
-    plain = predict.region_probabilities(predict.load_network(*spec, config, "float32"), arrays, False)
-    tta = predict.region_probabilities(predict.load_network(*spec, config, "float32"), arrays, True)
-    bf16 = predict.region_probabilities(predict.load_network(*spec, config, "mixed_bfloat16"),
+    plain = predict.region_probabilities(networks.load_network(*spec, config, "float32"), arrays, False)
+    tta = predict.region_probabilities(networks.load_network(*spec, config, "float32"), arrays, True)
+    bf16 = predict.region_probabilities(networks.load_network(*spec, config, "mixed_bfloat16"),
                                         arrays, False)
     assert len(predict.flips(True)) == 8
     assert np.abs(tta - plain).mean() < 0.05 and not np.array_equal(tta, plain)
@@ -118,7 +120,7 @@ def test_full_grid_puts_probabilities_back_where_they_came_from():
     meta = {"downsample": 3, "original_shape": [240, 240, 155], "crop_offsets": [8, 4, 2]}
     cropped = np.zeros((64, 64, 48, 3), np.float32)
     cropped[10:20, 10:20, 10:20] = 1
-    full = predict.full_grid(cropped, meta)
+    full = volumes.full_grid(cropped, meta)
     assert full.shape == (240, 240, 155, 3)
     inside = full[..., 0] > 0.5
     points = np.argwhere(inside)

@@ -7,29 +7,30 @@ import pytest
 
 import preprocess
 import synthetic
-from brats import find_cases, load_case
-from data import Cache
+from brats.cases import find_cases, load_case
+from datasets.cache import Cache
 from tests.conftest import SEED
+from datasets import volumes
 
 
 def test_centre_crop_offsets_of_the_paper():
-    assert preprocess.crop_offsets((240, 240, 155), (192, 160, 108)) == (24, 40, 23)
+    assert volumes.crop_offsets((240, 240, 155), (192, 160, 108)) == (24, 40, 23)
 
 
 def test_brain_crop_centres_on_the_brain_and_stays_inside():
     brain = np.zeros((240, 240, 155), bool)
     brain[10:150, 30:200, 0:140] = True
-    offsets = preprocess.crop_offsets(brain.shape, (192, 160, 108), "brain", brain)
+    offsets = volumes.crop_offsets(brain.shape, (192, 160, 108), "brain", brain)
     assert offsets == (0, 35, 16)
 
 
 def test_crop_uncrop_round_trip_with_padding():
     volume = np.arange(10 * 8 * 6, dtype=np.float32).reshape(10, 8, 6)
     for size in ((6, 4, 4), (12, 8, 9)):
-        offsets = preprocess.crop_offsets(volume.shape, size)
-        cropped = preprocess.crop(volume, offsets, size)
+        offsets = volumes.crop_offsets(volume.shape, size)
+        cropped = volumes.crop(volume, offsets, size)
         assert cropped.shape == size
-        back = preprocess.uncrop(cropped, offsets, volume.shape)
+        back = volumes.uncrop(cropped, offsets, volume.shape)
         inside = tuple(slice(max(o, 0), min(o + s, n)) for o, s, n in zip(offsets, size, volume.shape))
         np.testing.assert_array_equal(back[inside], volume[inside])
         assert back.sum() == volume[inside].sum()
@@ -37,7 +38,7 @@ def test_crop_uncrop_round_trip_with_padding():
 
 def test_regions_are_nested_wt_tc_et():
     seg = np.array([0, 1, 2, 4], np.uint8).reshape(4, 1, 1)
-    regions = preprocess.label_regions(seg)[:, 0, 0]
+    regions = volumes.label_regions(seg)[:, 0, 0]
     np.testing.assert_array_equal(regions, [[0, 0, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
 
 
@@ -49,14 +50,14 @@ def test_cache_entry_contents(cache_dir, brats2020_dir):
     assert meta["crop_offsets"] == [24, 40, 23] and meta["original_shape"] == [240, 240, 155]
     flair = np.load(cache_dir / cache.ids[0] / "flair.npy", mmap_mode="r")
     assert flair.dtype == np.float32 and flair.shape == (192, 160, 108)
-    raw = preprocess.crop(case.images["flair"], (24, 40, 23), (192, 160, 108))
+    raw = volumes.crop(case.images["flair"], (24, 40, 23), (192, 160, 108))
     brain = raw != 0
     assert (flair[~brain] == 0).all()
     whole_brain = case.images["flair"][case.images["flair"] != 0]
     expected = (raw[brain] - whole_brain.mean()) / whole_brain.std()
     np.testing.assert_allclose(flair[brain], expected, rtol=1e-4, atol=1e-4)
     regions = cache.regions(cache.ids[0])
-    seg_crop = preprocess.crop(case.seg, (24, 40, 23), (192, 160, 108))
+    seg_crop = volumes.crop(case.seg, (24, 40, 23), (192, 160, 108))
     np.testing.assert_array_equal(regions[..., 0], seg_crop > 0)
     np.testing.assert_array_equal(regions[..., 2], seg_crop == 4)
     assert meta["wt_voxels"] == int((case.seg > 0).sum())
@@ -68,7 +69,7 @@ def test_cache_entry_contents(cache_dir, brats2020_dir):
 def test_normalised_brain_has_zero_mean_unit_std():
     image = np.zeros((20, 20, 20), np.float32)
     image[5:15, 5:15, 5:15] = np.random.default_rng(0).uniform(100, 900, (10, 10, 10))
-    z = preprocess.normalise(image, *preprocess.brain_stats(image, "x"))
+    z = volumes.normalise(image, *volumes.brain_stats(image, "x"))
     assert abs(z[image != 0].mean()) < 1e-5 and abs(z[image != 0].std() - 1) < 1e-5
     assert (z[image == 0] == 0).all()
 

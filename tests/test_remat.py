@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 import model as een
-from config import ConfigError, load_config
+from util.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-import runfolder
-from runfolder import RunFileError, TrainingLock
+from util import runfolder
+from util.runfolder import RunFileError, TrainingLock
 
 
 def cut(path):
@@ -50,7 +50,7 @@ def test_network_json_must_name_its_folder(tmp_path):
 
 
 def test_config_yaml_cut_short_is_not_filled_with_defaults(tmp_path):
-    from config import load_config, save_config
+    from util.config import load_config, save_config
 
     save_config(load_config("configs/small.yaml"), tmp_path / "config.yaml")
     assert runfolder.read_config(tmp_path).name == "small"

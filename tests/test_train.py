@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import train
-from pipeline import epoch_order
+from datasets.pipeline import epoch_order
 from tests.conftest import cut, linked_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,7 +151,7 @@ def epoch_batches(batches, epoch: int) -> list:
 
 
 def test_augmentation_flips_image_and_regions_together(small_cache):
-    from data import Cache
+    from datasets.cache import Cache
 
     cache = Cache(small_cache)
     plain = train.make_dataset(cache, cache.ids[:1], ("flair",), 1, 0, shuffle=True)
@@ -171,7 +171,7 @@ def test_augmentation_flips_image_and_regions_together(small_cache):
 def test_batches_are_a_function_of_epoch_and_index_and_shards_make_up_the_global_batch(small_cache):
     """What resume and several processes rely on: batch (epoch, i) is the same whenever and
     however it is read; the slices two processes read make up the one-process global batch."""
-    from data import Cache
+    from datasets.cache import Cache
 
     cache = Cache(small_cache)
     whole = train.make_dataset(cache, cache.ids, ("flair",), 4, 3, True, True)
@@ -222,7 +222,7 @@ def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
     assert "has no t2.npy" in expect_error(capsys, *small, "--data", cache, "--modality", "t2",
                                            "--out", tmp_path / "r")
     (tmp_path / "other").mkdir()
-    from config import load_config, save_config
+    from util.config import load_config, save_config
 
     save_config(load_config("configs/paper.yaml"), tmp_path / "other" / "config.yaml")
     assert "holds a different run" in expect_error(capsys, *small, "--data", small_cache,
@@ -231,7 +231,7 @@ def test_bad_input_is_refused_before_training(tmp_path, small_cache, capsys):
 
 
 def test_cosine_schedule_warms_up_then_decays_to_nearly_zero():
-    from config import TrainConfig
+    from util.config import TrainConfig
 
     settings = TrainConfig(epochs=10, learning_rate=1e-3, schedule="cosine", warmup_epochs=1)
     rates = [train.cosine_rate(epoch, settings) for epoch in range(10)]
@@ -242,7 +242,7 @@ def test_cosine_schedule_warms_up_then_decays_to_nearly_zero():
 
 
 def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
-    from config import ModelConfig
+    from util.config import ModelConfig
 
     settings = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=4)
     rates = [train.skip_dropout_rate(epoch, settings) for epoch in range(6)]
@@ -251,7 +251,7 @@ def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
     floor = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=2, skip_dropout_final=0.2)
     assert [train.skip_dropout_rate(e, floor) for e in range(4)] == pytest.approx([0.5, 0.35, 0.2, 0.2])
 
-    from config import load_config
+    from util.config import load_config
 
     config = load_config("configs/small.yaml")
     config.model.skip_dropout, config.model.skip_dropout_decay_epochs = 0.5, 2
@@ -269,7 +269,7 @@ def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
 def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state():
     """The second network reuses the traced model with the first's initial state: weights,
     optimizer and random generators."""
-    from config import load_config
+    from util.config import load_config
 
     config = load_config("configs/small.yaml")
     shared = {}
@@ -349,7 +349,7 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
     """last.keras and history.csv cut in half: --repair continues from best.weights.h5 (epoch 1)
     with the optimizer at its step, and keeps the damaged history aside for a new one.
     (Without training an epoch: the steps of train_network that --repair changes.)"""
-    from config import load_config
+    from util.config import load_config
 
     source, config_file = one_epoch_run
     folder = linked_copy(source, tmp_path / "run") / "flair"

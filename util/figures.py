@@ -11,7 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from outputs import atomic
+from util.outputs import atomic
 
 LABEL_COLOURS = {1: (0.9, 0.1, 0.1), 2: (0.1, 0.8, 0.2), 4: (1.0, 0.9, 0.0)}  # NCR red, ED green, ET yellow
 LABEL_NAMES = {1: "necrosis / NET", 2: "edema", 4: "enhancing"}

@@ -170,3 +170,22 @@ def stored_codings(folder) -> dict:
     if unknown:
         raise CodingError(f"{path}: unknown coding {unknown[0]} (known: {', '.join(CODINGS)})")
     return dict(cases)
+
+
+def regions_to_labels(probabilities: np.ndarray, threshold: float = 0.5,
+                      et_min_voxels: int = 0) -> np.ndarray:
+    """Region probabilities (..., 3) WT, TC, ET -> uint8 BraTS labels, nesting enforced.
+
+    With et_min_voxels > 0, an enhancing tumour smaller than that becomes necrosis (label 1),
+    the post-processing top BraTS teams use against false-positive ET in LGG cases.
+    """
+    et = probabilities[..., 2] > threshold
+    tc = (probabilities[..., 1] > threshold) | et
+    wt = (probabilities[..., 0] > threshold) | tc
+    labels = np.zeros(probabilities.shape[:-1], np.uint8)
+    labels[wt] = 2
+    labels[tc] = 1
+    labels[et] = 4
+    if et_min_voxels and 0 < np.count_nonzero(et) < et_min_voxels:
+        labels[et] = 1
+    return labels

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
-from brats import MODALITIES
-from config import Config, ConfigError, config_from_dict
+from brats.cases import MODALITIES
+from util.config import Config, ConfigError, config_from_dict
 
 RESTORE = "restore it from a copy of the run"
 LOCK = "train.lock"

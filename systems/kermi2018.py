@@ -17,8 +17,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from baselines.common import (argmax_regions, brain_pixels, cached_intensities, case_intensities,
-                              normalise_slices, on_case_grid, predict_slices)
+from systems.common import (argmax_regions, brain_pixels, cached_intensities, case_intensities,
+                            normalise_slices, on_case_grid, predict_slices)
 from losses import PROB_EPS, region_metrics, regions_to_classes
 
 DOWNSAMPLING = 8  # three stride-2 convolutions

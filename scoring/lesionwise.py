@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from codings import REGIONS
-from metrics import bounding_box, dice, hausdorff95
+from brats.codings import REGIONS
+from scoring.metrics import bounding_box, dice, hausdorff95
 
 COMPONENTS = np.ones((3, 3, 3), bool)  # 26-connectivity
 DILATION = ndimage.generate_binary_structure(3, 2)

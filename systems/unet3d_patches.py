@@ -16,7 +16,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from baselines.common import cached_intensities, case_intensities, on_case_grid
+from systems.common import cached_intensities, case_intensities, on_case_grid
 from losses import DICE_EPS, REGIONS, RegionDice, hard_dice_per_case
 
 OUTPUTS = ("edema", "ncr_net", "et")

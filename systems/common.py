@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from brats import MODALITIES
-from preprocess import block_mean, upsample
+from brats.cases import MODALITIES
+from datasets.volumes import block_mean, upsample
 
 BACKGROUND_MARKER = -9.0  # Kermi and Ben naceur set each slice's minimum (the background) to this
 

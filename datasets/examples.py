@@ -35,7 +35,7 @@ from typing import Callable
 import keras
 import numpy as np
 
-from pipeline import epoch_order
+from datasets.pipeline import epoch_order
 
 POOL_BYTES = 2 ** 30  # examples shuffled together: as many cases as fill about this
 HELD_POOLS = 3  # the pool being read, the next one, and the one a batch may straddle

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from brats import MODALITIES
+from brats.cases import MODALITIES
 
 
 class ConfigError(ValueError):

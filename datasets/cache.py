@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess import CACHE_SETTINGS
+CACHE_SETTINGS = "cache.json"  # the crop a cache folder holds (preprocess.check_cache_settings)
 
 
 class CacheError(ValueError):

@@ -26,7 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-from config import FAMILIES, Config, ConfigError
+from systems.baselines import baseline_module
+from util.config import FAMILIES, Config, ConfigError
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ def _een_examples(inputs: np.ndarray, regions: np.ndarray, config: Config, rng,
 def _een_predict_case(model, case, modalities: tuple, config: Config) -> np.ndarray:
     """One pass of one network over the case's crop (no TTA); probabilities on the case's grid."""
     from losses import classes_to_regions
-    from predict import full_grid
-    from preprocess import preprocess_case
+    from datasets.volumes import full_grid
+    from datasets.volumes import preprocess_case
 
     data = config.data
     arrays, meta = preprocess_case(case, tuple(data.crop_size), data.crop_mode, data.downsample)
@@ -109,10 +110,8 @@ EEN = Family("een", _een_build, _een_loss, _een_metrics, _een_optimizer, lambda 
 # ---- the registry -----------------------------------------------------------------------------
 
 def _baseline(name: str) -> Family:
-    """The Family of a module under baselines/ (imported on first use: keras loads with it)."""
-    import importlib
-
-    module = importlib.import_module(f"baselines.{name}")
+    """The Family of a baseline's module (systems/<name>.py)."""
+    module = baseline_module(name)
     return Family(name, module.build, module.loss, module.metrics, module.optimizer,
                   module.callbacks, module.prepare_case, module.examples, module.predict_case,
                   module.postprocess)
@@ -155,7 +154,7 @@ def compiled(config: Config, steps_per_epoch: int, jit: bool, resume_from=None):
 def predicted_labels(model, case, modalities: tuple, config: Config,
                      et_min_voxels: int = 0) -> np.ndarray:
     """uint8 BraTS labels (X, Y, Z) of a loaded case: predict_case, labels, postprocess."""
-    from predict import regions_to_labels
+    from brats.codings import regions_to_labels
 
     family = family_of(config)
     regions = family.predict_case(model, case, modalities, config)

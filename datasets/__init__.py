@@ -1,0 +1,9 @@
+"""From BraTS cases to what a network trains on, and back to the case's grid.
+
+    volumes.py   crop, block-average, z-score, nested regions; full_grid puts outputs back
+    cache.py     the preprocess cache, memory-mapped (Cache)
+    pipeline.py  the epoch order of cases and the global batch across replicas and hosts
+    examples.py  the baselines' patches and slices from cached cases, per epoch
+
+May import brats/ and util/.
+"""
