@@ -39,161 +39,25 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import math
 import sys
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from scoring import brats2025
-from scoring import lesionwise
-from brats.cases import CaseError, convert_labels, find_label_files, read_nifti, strip_nii
-from brats.codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, layout_coding,
-                           recognise, recode, recoding, region_masks, stored_codings)
-from scoring.metrics import dice, hausdorff95, sensitivity, specificity
+from brats.cases import CaseError, find_label_files
+from brats.codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, recode,
+                           recoding, stored_codings)
+from scoring import brats2025, lesionwise
+from scoring.rules import (CONVENTIONS, METRICS, PredictionError, Scoring, case_scores,
+                           layout_coding_of, penalty_scores, prediction_coding, prediction_masks,
+                           read_label_map, truth_masks, unfit)
 from util.outputs import atomic, check_file, exits_cleanly
 
-METRICS = ("Dice", "Sensitivity", "Specificity", "Hausdorff95")
-EMPTY_HD95 = math.sqrt(240**2 + 240**2 + 155**2)  # 373.1287...
 STATISTICS = ("Mean", "StdDev", "Median", "25quantile", "75quantile")
-BRATS2020 = "brats2020: BraTS 2020 online evaluation (CaPTk), whole-region"
-CONVENTIONS = ("brats2020", *lesionwise.CONVENTIONS, *brats2025.CONVENTIONS)
-
-
-class PredictionError(Exception):
-    """A prediction whose labels do not fit the chosen coding: the run stops, naming the file."""
-
-
-# ---- BraTS 2020 rules -------------------------------------------------------------------------
-
-def region_scores(prediction: np.ndarray, truth: np.ndarray, spacing: tuple) -> dict:
-    """Dice, Hausdorff95, sensitivity and specificity of one region with the BraTS empty rules."""
-    predicted, present = prediction.any(), truth.any()
-    if not predicted and not present:
-        return {"Dice": 1.0, "Hausdorff95": 0.0, "Sensitivity": 1.0, "Specificity": 1.0}
-    scores = {"Dice": dice(prediction, truth), "Sensitivity": sensitivity(prediction, truth),
-              "Specificity": specificity(prediction, truth)}
-    scores["Hausdorff95"] = hausdorff95(prediction, truth, spacing) if predicted and present else EMPTY_HD95
-    return scores
-
-
-def penalty_scores() -> dict:
-    return {"Dice": 0.0, "Hausdorff95": EMPTY_HD95, "Sensitivity": 0.0, "Specificity": 0.0}
-
-
-def case_scores(prediction: dict, truth: dict, spacing: tuple) -> dict:
-    """{"Dice_ET": ..., ...} for one case from region masks {"ET", "WT", "TC"} -> bool (X, Y, Z)."""
-    row = {}
-    for region in REGIONS:
-        scores = region_scores(prediction[region], truth[region], spacing)
-        row.update({f"{metric}_{region}": scores[metric] for metric in METRICS})
-    return row
-
-
-# ---- conventions and codings ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Scoring:
-    """Which rules score the cases and how the label maps are coded ("auto": recorded beside the
-    predictions in `stored`, case id -> coding, else recognised)."""
-
-    convention: str = "brats2020"
-    pred_coding: str = "auto"
-    gt_coding: str = "auto"
-    stored: dict = field(default_factory=dict)
-
-    @property
-    def lesion_wise(self) -> lesionwise.Convention | None:
-        return lesionwise.CONVENTIONS.get(self.convention)
-
-    @property
-    def official(self) -> brats2025.Convention | None:
-        return brats2025.CONVENTIONS.get(self.convention)
-
-    @property
-    def native(self) -> str:
-        """The label coding of the convention's own edition."""
-        edition = self.lesion_wise or self.official
-        return edition.coding if edition else "brats2020"
-
-    @property
-    def candidates(self) -> tuple:
-        return tuple(dict.fromkeys((self.native, "brats2020", "brats2023")))
-
-    def describe(self) -> str:
-        edition = self.lesion_wise or self.official
-        return edition.describe() if edition else BRATS2020
-
-    def columns(self) -> list:
-        if self.lesion_wise:
-            return lesionwise.columns()
-        if self.official:
-            return brats2025.columns(self.official)
-        return [f"{m}_{r}" for m in METRICS for r in REGIONS]
-
-
-def read_label_map(path: Path, what: str) -> tuple:
-    """(NIfTI image, integer labels as stored) of a label map; CaseError for non-integer values."""
-    img, data = read_nifti(path, what)
-    if data.dtype.kind == "f":
-        if not np.isfinite(data).all() or not np.array_equal(data, np.round(data)):
-            raise CaseError(f"{what}: {path.name} holds non-integer or non-finite labels")
-        data = data.astype(np.int64)
-    return img, data
-
-
-def _layout_coding(case_id: str, truth_file: tuple, values: tuple, scoring: Scoring) -> str:
-    """The coding of a ground truth none is stated for: `_seg` files 2020, `-seg` files the
-    convention's edition's (under brats2020 the case's: BraTS-PED ET = 1, others ET = 3), a file named after its case (no layout to go by) recognised from its values."""
-    path, layout = truth_file
-    if strip_nii(path.name) == case_id:
-        return recognise(values, scoring.candidates, scoring.native)[0]
-    if layout == "brats2023":
-        return scoring.native if scoring.native != "brats2020" else layout_coding(layout, case_id)
-    return "brats2020"
-
-
-def truth_masks(case_id: str, truth_file: tuple, scoring: Scoring) -> tuple:
-    """(region masks, NIfTI image) of a ground truth, in the coding its layout or values give."""
-    path, layout = truth_file
-    img, data = read_label_map(path, case_id)
-    coding = scoring.gt_coding
-    if coding == "auto" and layout == "msd":
-        data, coding = convert_labels(data, "msd", f"{case_id}: {path.name}"), "brats2020"
-    values = label_values(data)
-    try:
-        if coding == "auto":
-            coding = _layout_coding(case_id, truth_file, values, scoring)
-        check_fits(values, coding)
-    except CodingError as error:
-        raise CaseError(f"{case_id}: {path.name}: {error}") from None
-    return region_masks(data, coding), img
-
-
-def prediction_coding(values: tuple, scoring: Scoring, case_id: str = "") -> tuple:
-    """(coding, note) of a prediction holding `values`: stated, recorded by predict.py, or
-    recognised; CodingError when its labels fit no usable coding."""
-    stated = scoring.pred_coding if scoring.pred_coding != "auto" else scoring.stored.get(case_id)
-    if stated:
-        check_fits(values, stated)
-        return stated, ""
-    return recognise(values, scoring.candidates, scoring.native)
-
-
-def prediction_masks(data: np.ndarray, scoring: Scoring, case_id: str = "") -> tuple:
-    """(region masks, note) of a prediction; CodingError when its labels fit no usable coding."""
-    coding, note = prediction_coding(label_values(data), scoring, case_id)
-    return region_masks(data, coding), note
-
-
-def unfit(path: Path, labels: np.ndarray, error: CodingError) -> PredictionError:
-    """The one-line error of a prediction whose labels do not fit: the file and what it holds."""
-    shown = "{" + ", ".join(f"{v:g}" for v in label_values(labels)) + "}"
-    return PredictionError(f"{path}: holds labels {shown}: {error}")
 
 
 # ---- one case, many cases ---------------------------------------------------------------------
@@ -280,7 +144,7 @@ def official_truth(case_id: str, truth_file: tuple, scoring: Scoring, folder: Pa
     try:
         coding = scoring.gt_coding
         if coding == "auto":
-            coding = "msd" if layout == "msd" else _layout_coding(case_id, truth_file, values, scoring)
+            coding = "msd" if layout == "msd" else layout_coding_of(case_id, truth_file, values, scoring)
         check_fits(values, coding)
         return in_coding(path, img, data, coding, scoring.native, folder / "truth.nii.gz"), img
     except CodingError as error:

@@ -32,102 +32,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
-import math
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 from brats.cases import MODALITIES  # noqa: E402
-from util.config import Config, ConfigError, load_config, save_config  # noqa: E402
 from datasets.cache import Cache, CacheError  # noqa: E402
-from util.devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
 from systems import families  # noqa: E402
-from util.outputs import atomic, check_folder, exits_cleanly, failure  # noqa: E402
-from util.runfolder import (RESTORE, RunFileError, TrainingLock, checkpoint_problem,  # noqa: E402
-                            history_rows, loading, read_config, read_network, read_split,
-                            read_state, refusal)
+from util.config import Config, ConfigError, load_config  # noqa: E402
+from util.devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
+from util.outputs import exits_cleanly  # noqa: E402
+from util.resume import (RunError, check_checkpoint_agrees, continue_from_best,  # noqa: E402
+                         loading_checkpoint, prepare_run, resumed_state, trim_history, write_json)
+from util.runfolder import LAST, TrainingLock  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MULTIMODAL = "multimodal"
-BEST, LAST = "best.weights.h5", "last.keras"
-
-
-class RunError(ValueError):
-    """A run that cannot start; str() is one line."""
-
-
-# ---- the run folder ---------------------------------------------------------------------------
-
-def split_cases(ids: list, fraction: float, seed: int) -> dict:
-    """Shuffle labelled case ids with `seed` and hold out `fraction` of them (at least one)."""
-    if len(ids) < 2:
-        raise RunError(f"need at least 2 labelled cases to train and validate, the cache has {len(ids)}")
-    order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
-    held_out = max(1, round(len(ids) * fraction)) if fraction > 0 else 0
-    return {"train": sorted(order[held_out:]), "validation": sorted(order[:held_out])}
-
-
-def write_json(path: Path, value) -> None:
-    """Atomic JSON write (temporary name, then rename)."""
-    with atomic(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))
-
-
-def prepare_run(out: Path, config: Config, cache: Cache, networks: dict, resume: bool,
-                repair: bool = False) -> dict:
-    """Create or check the run folder; returns the split. Refuses a folder holding another run,
-    or a damaged config.yaml or split.json (--repair writes split.json again from the cache)."""
-    config_file, split_file = out / "config.yaml", out / "split.json"
-    split = split_cases(cache.labelled_ids(), config.train.validation_fraction, config.train.seed)
-    split["cache"] = str(cache.root.resolve())
-    if resume and not config_file.exists() and any((out / n / "state.json").exists()
-                                                   for n in networks):
-        raise refusal(config_file, "missing beside trained networks")
-    if config_file.exists():
-        saved = read_config(out)
-        saved.train.epochs = config.train.epochs  # a run may be extended by more epochs
-        if saved.to_dict() != config.to_dict():
-            changed = [k for k in ("data", "model", "train")
-                       if getattr(saved, k) != getattr(config, k)]
-            raise RunError(f"{out} holds a different run (its config.yaml differs in "
-                           f"{', '.join(changed) or 'name'}); choose another --out")
-        saved_split = saved_or_repaired_split(out, split, repair)
-        if {k: saved_split.get(k) for k in ("train", "validation")} != \
-                {k: split[k] for k in ("train", "validation")}:
-            raise RunError(f"{out} holds a run with another train/validation split "
-                           f"(different cache or seed); choose another --out")
-        split = saved_split
-    for name in networks:  # with --resume, a network without state.json starts at epoch 1
-        if (out / name / "state.json").exists() and not resume:
-            raise RunError(f"{out / name} already holds a trained network; use --resume to "
-                           f"continue it or another --out")
-    check_folder(out)
-    with atomic(config_file) as temporary:
-        save_config(config, temporary)
-    if not split_file.exists():
-        write_json(split_file, split)
-    return split
-
-
-def saved_or_repaired_split(out: Path, split: dict, repair: bool) -> dict:
-    """The run's split.json; a damaged or missing one is refused, or with --repair replaced by
-    `split` (the split of --data and the seed: right for the cache the run was trained on)."""
-    try:
-        return read_split(out, f"{RESTORE}, or write it again from --data and the seed with "
-                               f"--resume --repair (only if --data is the run's cache)")
-    except RunFileError:
-        if not repair:
-            raise
-    print(f"note: {out / 'split.json'}: written again from {split['cache']} and the seed")
-    write_json(out / "split.json", split)
-    return split
 
 
 # ---- input pipeline ---------------------------------------------------------------------------
@@ -162,188 +85,37 @@ def validation_ids(ids: list, replicas: int, backend: str) -> list:
     return ids[:len(ids) // replicas * replicas]
 
 
-# ---- callbacks --------------------------------------------------------------------------------
+# ---- one network -----------------------------------------------------------------------------
 
 def callbacks(folder: Path, state: dict, config: Config, has_validation: bool, resume: bool,
-              max_minutes: float | None = None):
-    """The callbacks of one network's training, in the order they must run at an epoch's end."""
-    import keras
+              max_minutes: float | None = None) -> tuple:
+    """(the callbacks of one network's training in the order they must run, its NanGuard).
 
-    from util.figures import read_history, save, training_curves
+    The EEN's schedule is Plateau (the paper's) or Cosine; a baseline's schedule is in its
+    optimizer, its stopping and plateau rules are its family's callbacks.
+    """
+    from util import callbacks as cb
 
-    class NanGuard(keras.callbacks.Callback):
-        """Stop at the first non-finite loss; the checkpoints then keep the last good epoch."""
-
-        failed_at = None
-
-        def on_train_batch_end(self, batch, logs=None):
-            if logs and not math.isfinite(float(logs.get("loss", 0.0))):
-                self.failed_at = (self.epoch, batch)
-                self.model.stop_training = True
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-
-    class TimeBudget(keras.callbacks.Callback):
-        """--max-minutes: stop after the epoch that ends past the budget (counted from this
-        network's start), and log each epoch's steps, train_seconds (its training steps) and
-        epoch_seconds (validation included) into history.csv."""
-
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch_start = self.last_step = time.perf_counter()
-            self.steps = 0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.last_step, self.steps = time.perf_counter(), batch + 1
-
-        def on_epoch_end(self, epoch, logs=None):
-            now = time.perf_counter()
-            if logs is not None:
-                logs.update(steps=self.steps, train_seconds=self.last_step - self.epoch_start,
-                            epoch_seconds=now - self.epoch_start)
-            if now - self.start >= 60 * max_minutes and not self.model.stop_training:
-                self.model.stop_training = True
-                print(f"{folder.name}: time budget of {max_minutes:g} min spent after epoch "
-                      f"{epoch + 1}; training stopped")
-
-    class MeanDice(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            keys = [f"val_dice_{r}" for r in ("wt", "tc", "et")]
-            if logs is not None and all(k in logs for k in keys):
-                logs["val_dice_mean"] = float(np.mean([logs[k] for k in keys]))
-
-    class Plateau(keras.callbacks.ReduceLROnPlateau):
-        """ReduceLROnPlateau whose counter and best loss survive a resume."""
-
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            self.wait = state.get("plateau_wait", 0)
-            self.best = state.get("plateau_best", self.best)
-
-    class History(keras.callbacks.CSVLogger):
-        """history.csv, one row per epoch; a failed write (full disk) names the file."""
-
-        def on_epoch_end(self, epoch, logs=None):
-            try:
-                super().on_epoch_end(epoch, logs)
-            except OSError as error:
-                with contextlib.suppress(OSError):  # closed now, not retried at exit
-                    self.csv_file.close()
-                raise failure(self.filename, error) from None
-
-    class Checkpoints(keras.callbacks.Callback):
-        """last.keras every epoch, best.weights.h5 on a better validation mean Dice, then state.json.
-
-        The three are written under temporary names and renamed only when all are complete,
-        state.json last, so state.json never names an epoch whose checkpoint is not fully written.
-        """
-
-        def on_epoch_end(self, epoch, logs=None):
-            if guard.failed_at is not None:
-                return
-            logs = logs or {}
-            score = logs.get("val_dice_mean", -logs.get("loss", np.inf))
-            better = score > state.get("best_score", -np.inf)
-            if better:
-                state.update(best_score=float(score), best_epoch=epoch + 1)
-            if plateau in schedulers:
-                state.update(plateau_wait=int(plateau.wait), plateau_best=float(plateau.best))
-            state.update(epochs_done=epoch + 1,
-                         learning_rate=float(keras.ops.convert_to_numpy(
-                             self.model.optimizer.learning_rate)))
-            with atomic(folder / "state.json") as state_file:  # written first, renamed last
-                state_file.write_text(json.dumps(state, indent=1))
-                with atomic(folder / LAST) as last:
-                    self.model.save(last)
-                    if better:
-                        with atomic(folder / BEST) as best:
-                            self.model.save_weights(best)  # a third of last.keras: no optimizer
-
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            history = read_history(folder / "history.csv")
-            save(training_curves(history, f"{folder.parent.name} / {folder.name}"),
-                 folder / "progress.png")
-
-    class Cosine(keras.callbacks.Callback):
-        """train.schedule cosine: the learning rate of each epoch, a function of the epoch alone."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.model.optimizer.learning_rate.assign(cosine_rate(epoch, config.train))
-
-    class SkipDropoutDecay(keras.callbacks.Callback):
-        """model.skip_dropout_decay_epochs: each epoch's skip-dropout rate (to skip_dropout_final)."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.model.get_layer("skip_dropout").current_rate.assign(
-                skip_dropout_rate(epoch, config.model))
-
-    guard = NanGuard()
-    plateau = Plateau(monitor="loss", factor=config.train.plateau_factor,
-                      patience=config.train.plateau_patience, verbose=1)
-    if config.model.family == "een":
-        schedulers = [plateau if config.train.schedule == "plateau" else Cosine()]
-    else:  # a baseline's schedule is in its optimizer; its stopping and plateau rules here
+    guard = cb.NanGuard()
+    plateau = None
+    if config.model.family != "een":
         schedulers = families.family_of(config).callbacks(config)
-    decays = config.model.skip_dropout > 0 and config.model.skip_dropout_decay_epochs > 0
-    decay = SkipDropoutDecay() if decays else None
-    budget = TimeBudget() if max_minutes else None
-    chain = [guard, MeanDice() if has_validation else None, *schedulers, decay, budget,
-             History(str(folder / "history.csv"), append=resume),
-             Checkpoints(), Progress(), tensorboard(folder)]
+    elif config.train.schedule == "plateau":
+        plateau = cb.Plateau(state, monitor="loss", factor=config.train.plateau_factor,
+                             patience=config.train.plateau_patience, verbose=1)
+        schedulers = [plateau]
+    else:
+        schedulers = [cb.Cosine(config.train)]
+    model = config.model
+    decays = model.skip_dropout > 0 and model.skip_dropout_decay_epochs > 0
+    chain = [guard, cb.MeanDice() if has_validation else None, *schedulers,
+             cb.SkipDropoutDecay(model) if decays else None,
+             cb.TimeBudget(folder.name, max_minutes) if max_minutes else None,
+             cb.History(str(folder / "history.csv"), append=resume),
+             cb.Checkpoints(folder, state, guard, plateau), cb.Progress(folder),
+             cb.tensorboard(folder)]
     return [c for c in chain if c is not None], guard
 
-
-def tensorboard(folder: Path):
-    """TensorBoard logs, when TensorFlow is installed (Keras writes them with tf.summary; the
-    JAX and PyTorch GPU machines may have no TensorFlow: then history.csv and progress.png only)."""
-    import importlib.util
-
-    import keras
-
-    if importlib.util.find_spec("tensorflow") is None:
-        return None
-    return keras.callbacks.TensorBoard(str(folder / "tensorboard"), write_graph=False)
-
-
-def skip_dropout_rate(epoch: int, model) -> float:
-    """The skip-dropout rate of a (0-based) epoch: model.skip_dropout, falling linearly to
-    skip_dropout_final at epoch skip_dropout_decay_epochs (constant when that is 0)."""
-    if not model.skip_dropout_decay_epochs:
-        return model.skip_dropout
-    left = max(0.0, 1 - epoch / model.skip_dropout_decay_epochs)
-    return model.skip_dropout_final + (model.skip_dropout - model.skip_dropout_final) * left
-
-
-def cosine_rate(epoch: int, train) -> float:
-    """Linear warm-up over train.warmup_epochs, then cosine decay to 0 at train.epochs.
-
-    For short budgets (the CPU demo): a high rate early, a small one at the end, so that the last
-    epochs settle instead of jumping around (epoch counts from 0).
-    """
-    if epoch < train.warmup_epochs:
-        return train.learning_rate * (epoch + 1) / (train.warmup_epochs + 1)
-    span = max(train.epochs - train.warmup_epochs, 1)
-    progress = (epoch - train.warmup_epochs + 0.5) / span
-    return float(train.learning_rate * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def trim_history(path: Path, epochs: int) -> None:
-    """Keep the header and the first `epochs` rows of history.csv.
-
-    Rows past the last complete checkpoint (written before a full disk stopped the checkpoint of
-    their epoch) are dropped: the resumed run trains those epochs again.
-    """
-    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
-    if len(lines) > epochs + 1:
-        with atomic(path) as temporary:
-            temporary.write_text("".join(lines[:epochs + 1]))
-
-
-# ---- one network ------------------------------------------------------------------------------
 
 def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning_rate: float | None,
                    shared: dict | None = None):
@@ -386,13 +158,6 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
     return model
 
 
-def loading_checkpoint(path: Path | None):
-    """Around loading last.keras (nothing when `path` is None): a failure is one line."""
-    if path is None:
-        return contextlib.nullcontext()
-    return loading(path, f"{RESTORE}, or delete {path.parent} to train this network afresh")
-
-
 def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list,
                     modalities: tuple, batch: int, placement, jit: bool, resume_from: Path | None):
     """A baseline's (compiled model, training batches, validation batches or None).
@@ -415,86 +180,6 @@ def family_training(config: Config, cache: Cache, train_ids: list, val_ids: list
     with placement.scope(), loading_checkpoint(resume_from):
         model = families.compiled(config, len(train_data), jit, resume_from)
     return model, train_data, val_data
-
-
-def resumed_state(folder: Path, modalities: tuple, resume: bool, repair: bool) -> tuple:
-    """(state, from_best): the state a network continues from ({} for a fresh start) and whether
-    its weights come from best.weights.h5 instead of last.keras.
-
-    network.json must name `modalities`. With --resume, state.json, last.keras, best.weights.h5
-    and history.csv must be whole (a network stopped in its first epoch has none and starts
-    again); --repair continues past a damaged checkpoint or history as the refusal says.
-    """
-    if (folder / "network.json").exists() and read_network(folder) != tuple(modalities):
-        raise refusal(folder / "network.json", f"names {', '.join(read_network(folder))}, this "
-                      f"training reads {', '.join(modalities)}", f"{RESTORE}, or another --out")
-    if not resume:
-        return {}, False
-    afresh = f"delete {folder} to train this network afresh"
-    if not (folder / "state.json").exists():
-        if (folder / LAST).exists() or (folder / BEST).exists():
-            raise refusal(folder / "state.json", "missing beside the checkpoints",
-                          f"{RESTORE}, or {afresh}")
-        return {}, False
-    state = read_state(folder, f"{RESTORE}, or {afresh}")
-    last, best = checkpoint_problem(folder / LAST), checkpoint_problem(folder / BEST)
-    from_best = bool(last)
-    if last:
-        if best or not state.get("best_epoch"):
-            raise refusal(folder / LAST, last, f"{RESTORE}, or {afresh}")
-        repaired(repair, folder / LAST, last, f"continue from best.weights.h5 (epoch "
-                 f"{state['best_epoch']}) with --resume --repair: the later epochs are trained "
-                 f"again, the optimizer's moments restart")
-        state = {**state, "epochs_done": state["best_epoch"]}
-    elif best and state.get("best_epoch"):
-        repaired(repair, folder / BEST, best, "continue without it with --resume --repair: the "
-                 "best of the epochs still to come becomes best.weights.h5")
-        state = {k: v for k, v in state.items() if k not in ("best_epoch", "best_score")}
-    history = folder / "history.csv"
-    rows = len(history_rows(history))
-    if rows < state["epochs_done"]:
-        problem = (f"damaged ({rows} complete rows for {state['epochs_done']} epochs)"
-                   if history.exists() else "missing")
-        repaired(repair, history, problem, f"continue with --resume --repair, keeping it as "
-                 f"history.csv.damaged and starting a new one at epoch {state['epochs_done'] + 1}")
-        if history.exists():
-            os.replace(history, history.with_name("history.csv.damaged"))
-    return state, from_best
-
-
-def repaired(repair: bool, path: Path, problem: str, how: str) -> None:
-    """Refuse a damaged file with what to do, or (--repair) say that it is repaired as `how`."""
-    if not repair:
-        raise refusal(path, problem, f"{RESTORE}, or {how}")
-    print(f"note: {path}: {problem}; --repair: {how.replace(' with --resume --repair', '')}")
-
-
-def check_checkpoint_agrees(model, state: dict, steps: int, folder: Path, config: Config,
-                            channels: int, precision: str) -> None:
-    """last.keras must fit the run (input shape) and state.json (optimizer steps = epochs done x
-    steps per epoch): else they come from another run or training."""
-    import keras
-
-    afresh = f"restore both from one copy of the run, or delete {folder} to train it afresh"
-    expected = (*config.data.crop_size, channels)
-    if config.model.family == "een" and tuple(model.input_shape[1:]) != expected:
-        raise refusal(folder / LAST, f"reads {model.input_shape[1:]}, the run's config "
-                      f"{expected} (from another run?)", afresh)
-    done = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
-    if precision != "mixed_float16" and done != state["epochs_done"] * steps:  # fp16 skips steps
-        raise refusal(folder / "state.json", f"says {state['epochs_done']} epoch(s) done "
-                      f"({state['epochs_done'] * steps} steps), last.keras holds {done} steps "
-                      f"(from another training?)", afresh)
-
-
-def continue_from_best(model, folder: Path, state: dict, steps: int, config: Config) -> None:
-    """--repair of a damaged last.keras: best.weights.h5 into the fresh model, the optimizer at
-    the best epoch's step, with the learning rate state.json holds."""
-    with loading(folder / BEST):
-        model.load_weights(folder / BEST)
-    model.optimizer.iterations.assign(state["epochs_done"] * steps)
-    if config.model.family == "een":
-        model.optimizer.learning_rate.assign(state["learning_rate"])
 
 
 def train_network(out: Path, name: str, modalities: tuple, config: Config, cache: Cache,

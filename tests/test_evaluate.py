@@ -12,6 +12,7 @@ from brats.cases import find_label_files
 from brats.codings import regions_to_labels
 from datasets.volumes import label_regions
 from tests.conftest import SEED
+from scoring import metrics, rules
 
 
 def random_blob(rng, shape, fill):
@@ -27,12 +28,12 @@ def test_metrics_equal_medpy(spacing, seed):
     rng = np.random.default_rng(seed)
     shape = (40, 36, 30)
     prediction, truth = random_blob(rng, shape, 0.1), random_blob(rng, shape, 0.15)
-    assert evaluate.dice(prediction, truth) == pytest.approx(medpy.dc(prediction, truth), abs=1e-6)
-    assert evaluate.hausdorff95(prediction, truth, spacing) == pytest.approx(
+    assert metrics.dice(prediction, truth) == pytest.approx(medpy.dc(prediction, truth), abs=1e-6)
+    assert metrics.hausdorff95(prediction, truth, spacing) == pytest.approx(
         medpy.hd95(prediction, truth, voxelspacing=spacing), abs=1e-6)
-    assert evaluate.sensitivity(prediction, truth) == pytest.approx(
+    assert metrics.sensitivity(prediction, truth) == pytest.approx(
         medpy.sensitivity(prediction, truth), abs=1e-6)
-    assert evaluate.specificity(prediction, truth) == pytest.approx(
+    assert metrics.specificity(prediction, truth) == pytest.approx(
         medpy.specificity(prediction, truth), abs=1e-6)
 
 
@@ -40,19 +41,19 @@ def test_hausdorff95_of_masks_touching_the_volume_edge_equals_medpy():
     rng = np.random.default_rng(5)
     prediction, truth = random_blob(rng, (30, 30, 20), 0.3), random_blob(rng, (30, 30, 20), 0.3)
     prediction[0, :, :] = True
-    assert evaluate.hausdorff95(prediction, truth, (1, 1, 2)) == pytest.approx(
+    assert metrics.hausdorff95(prediction, truth, (1, 1, 2)) == pytest.approx(
         medpy.hd95(prediction, truth, voxelspacing=(1, 1, 2)), abs=1e-6)
 
 
 def test_empty_region_rules():
     empty, blob = np.zeros((10, 10, 10), bool), np.zeros((10, 10, 10), bool)
     blob[2:5, 2:5, 2:5] = True
-    assert evaluate.region_scores(empty, empty, (1, 1, 1)) == {
+    assert rules.region_scores(empty, empty, (1, 1, 1)) == {
         "Dice": 1.0, "Hausdorff95": 0.0, "Sensitivity": 1.0, "Specificity": 1.0}
-    missed = evaluate.region_scores(empty, blob, (1, 1, 1))
+    missed = rules.region_scores(empty, blob, (1, 1, 1))
     assert missed["Dice"] == 0 and missed["Hausdorff95"] == pytest.approx(373.1287, abs=1e-4)
     assert missed["Sensitivity"] == 0 and missed["Specificity"] == 1
-    invented = evaluate.region_scores(blob, empty, (1, 1, 1))
+    invented = rules.region_scores(blob, empty, (1, 1, 1))
     assert invented["Dice"] == 0 and invented["Hausdorff95"] == pytest.approx(373.1287, abs=1e-4)
     assert invented["Sensitivity"] == 1 and invented["Specificity"] == pytest.approx(1 - 27 / 1000)
 

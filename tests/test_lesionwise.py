@@ -12,6 +12,7 @@ from scipy import ndimage
 import evaluate
 from scoring import lesionwise
 from brats.codings import region_masks
+from scoring import rules
 
 GLI = lesionwise.CONVENTIONS["brats2023-gli"]  # dilation 3, minimum 50 mm3, penalty 374
 MET = lesionwise.CONVENTIONS["brats2023-met"]  # dilation 1, minimum 2 mm3, penalty 374
@@ -277,14 +278,14 @@ def test_codings_recognised_and_ambiguity_named():
     labels = np.zeros(SHAPE, np.uint8)
     labels[A], labels[B] = 4, 2  # ET = 4 of BraTS 2020
     for convention in ("brats2020", "brats2023-gli", "brats2023-met"):
-        masks, note = evaluate.prediction_masks(labels, evaluate.Scoring(convention))
+        masks, note = rules.prediction_masks(labels, rules.Scoring(convention))
         assert note == "" and masks["ET"].sum() == 64 and masks["WT"].sum() == 128
     # Under BraTS 2024 GLI label 4 is the resection cavity: read so, and said.
-    masks, note = evaluate.prediction_masks(labels, evaluate.Scoring("brats2024-gli"))
+    masks, note = rules.prediction_masks(labels, rules.Scoring("brats2024-gli"))
     assert masks["ET"].sum() == 0 and "also fit the brats2020 coding" in note
-    masks, note = evaluate.prediction_masks(labels, evaluate.Scoring("brats2024-gli", "brats2020"))
+    masks, note = rules.prediction_masks(labels, rules.Scoring("brats2024-gli", "brats2020"))
     assert masks["ET"].sum() == 64 and note == ""
     # BraTS 2024 PED codes ET as 1 and edema as 4.
     ped = np.where(labels == 4, 1, np.where(labels == 2, 4, 0)).astype(np.uint8)
-    masks, _ = evaluate.prediction_masks(ped, evaluate.Scoring("brats2024-ped"))
+    masks, _ = rules.prediction_masks(ped, rules.Scoring("brats2024-ped"))
     assert masks["ET"].sum() == 64 and masks["TC"].sum() == 64 and masks["WT"].sum() == 128

@@ -15,6 +15,7 @@ import pytest
 
 import train
 from datasets.pipeline import epoch_order
+from util import callbacks, resume
 from tests.conftest import cut, linked_copy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,9 +139,9 @@ def test_multimodal_network_reads_four_channels(tmp_path, small_cache):
 
 def test_same_seed_same_split_and_order():
     ids = [f"case{i}" for i in range(20)]
-    assert train.split_cases(ids, 0.2, 3) == train.split_cases(ids, 0.2, 3)
-    assert train.split_cases(ids, 0.2, 3) != train.split_cases(ids, 0.2, 4)
-    assert len(train.split_cases(ids, 0.2, 3)["validation"]) == 4
+    assert resume.split_cases(ids, 0.2, 3) == resume.split_cases(ids, 0.2, 3)
+    assert resume.split_cases(ids, 0.2, 3) != resume.split_cases(ids, 0.2, 4)
+    assert len(resume.split_cases(ids, 0.2, 3)["validation"]) == 4
     np.testing.assert_array_equal(epoch_order(13, 5, 0), epoch_order(13, 5, 0))
     assert not np.array_equal(epoch_order(13, 5, 0), epoch_order(13, 6, 0))
 
@@ -234,7 +235,7 @@ def test_cosine_schedule_warms_up_then_decays_to_nearly_zero():
     from util.config import TrainConfig
 
     settings = TrainConfig(epochs=10, learning_rate=1e-3, schedule="cosine", warmup_epochs=1)
-    rates = [train.cosine_rate(epoch, settings) for epoch in range(10)]
+    rates = [callbacks.cosine_rate(epoch, settings) for epoch in range(10)]
     assert rates[0] == pytest.approx(5e-4)
     assert max(rates) <= 1e-3 and rates[1] > 0.95e-3
     assert all(a > b for a, b in zip(rates[1:], rates[2:]))
@@ -245,11 +246,11 @@ def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
     from util.config import ModelConfig
 
     settings = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=4)
-    rates = [train.skip_dropout_rate(epoch, settings) for epoch in range(6)]
+    rates = [callbacks.skip_dropout_rate(epoch, settings) for epoch in range(6)]
     assert rates == pytest.approx([0.5, 0.375, 0.25, 0.125, 0.0, 0.0])
-    assert train.skip_dropout_rate(9, ModelConfig(skip_dropout=0.5)) == 0.5  # no decay: constant
+    assert callbacks.skip_dropout_rate(9, ModelConfig(skip_dropout=0.5)) == 0.5  # no decay: constant
     floor = ModelConfig(skip_dropout=0.5, skip_dropout_decay_epochs=2, skip_dropout_final=0.2)
-    assert [train.skip_dropout_rate(e, floor) for e in range(4)] == pytest.approx([0.5, 0.35, 0.2, 0.2])
+    assert [callbacks.skip_dropout_rate(e, floor) for e in range(4)] == pytest.approx([0.5, 0.35, 0.2, 0.2])
 
     from util.config import load_config
 
@@ -355,7 +356,7 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
     folder = linked_copy(source, tmp_path / "run") / "flair"
     cut(folder / "last.keras")
     cut(folder / "history.csv")
-    state, from_best = train.resumed_state(folder, ("flair",), resume=True, repair=True)
+    state, from_best = resume.resumed_state(folder, ("flair",), resume=True, repair=True)
     assert from_best and state["epochs_done"] == 1 and state["best_epoch"] == 1
     printed = capsys.readouterr().out
     assert "last.keras: damaged" in printed
@@ -364,7 +365,7 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
     assert (folder / "history.csv.damaged").is_file() and not (folder / "history.csv").exists()
     config = load_config(config_file)
     model = train.compiled_model(config, False, None, None, {})
-    train.continue_from_best(model, folder, state, 13, config)
+    resume.continue_from_best(model, folder, state, 13, config)
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
         state["learning_rate"])
@@ -372,8 +373,8 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), whole.get_weights()))
     # best.weights.h5 cut as well: nothing to continue from, and no --repair offered
     cut(folder / "best.weights.h5")
-    with pytest.raises(train.RunFileError, match="last.keras: damaged .*delete .* afresh"):
-        train.resumed_state(folder, ("flair",), resume=True, repair=True)
+    with pytest.raises(resume.RunFileError, match="last.keras: damaged .*delete .* afresh"):
+        resume.resumed_state(folder, ("flair",), resume=True, repair=True)
 
 
 def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alone(

@@ -29,6 +29,7 @@ from brats.cases import MODALITIES
 from util.config import Config, ConfigError, config_from_dict
 
 RESTORE = "restore it from a copy of the run"
+BEST, LAST = "best.weights.h5", "last.keras"  # a network's best weights, its last checkpoint
 LOCK = "train.lock"
 
 
