@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from util.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 import numpy as np  # noqa: E402
 

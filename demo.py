@@ -15,12 +15,13 @@ Every step skips what an earlier run of the demo already wrote, so an interrupte
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from util.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402

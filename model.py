@@ -18,12 +18,13 @@ backends alike.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from util.console import quiet_tensorflow
+
+quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 import keras
 from keras import layers, ops

@@ -32,12 +32,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import signal
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from util.console import quiet_tensorflow  # noqa: E402
+
+quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 from brats.cases import MODALITIES  # noqa: E402
 from datasets.cache import Cache, CacheError  # noqa: E402
