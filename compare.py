@@ -25,12 +25,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from util.console import quiet_tensorflow  # noqa: E402
@@ -39,6 +36,7 @@ quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines sta
 
 import numpy as np  # noqa: E402
 
+from util.measure import measured, write_json  # noqa: E402
 from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from util.runfolder import (RunFileError, read_config, read_history, read_json,  # noqa: E402
                             read_network)
@@ -85,45 +83,6 @@ SYSTEMS = {
 
 class CompareError(ValueError):
     """A comparison that cannot start; str() is one line."""
-
-
-# ---- measured subprocesses --------------------------------------------------------------------
-
-def child() -> int:
-    """In a subprocess: `tool record argv...`: run tool.main(argv), then write to `record` its
-    status, wall seconds and the process's peak resident memory (bytes)."""
-    import importlib
-    import resource
-
-    tool, record, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-    module = importlib.import_module(tool)
-    start = time.perf_counter()
-    try:
-        status = module.main(argv)
-    except SystemExit as stop:  # a tool's one-line error
-        status = stop.code if isinstance(stop.code, int) else 1
-    seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-    record.write_text(json.dumps({"status": status, "seconds": seconds, "peak_bytes": peak}))
-    return status
-
-
-def measured(tool: str, argv: list, log: Path) -> dict:
-    """Run tool.main(argv) in its own process (output to `log`); its status, seconds, peak bytes."""
-    record = log.with_suffix(".measure.json")
-    record.unlink(missing_ok=True)
-    code = "import sys, compare; sys.exit(compare.child())"
-    with open(log, "w") as handle:
-        process = subprocess.run([sys.executable, "-c", code, tool, str(record), *argv],
-                                 cwd=HERE, stdout=handle, stderr=subprocess.STDOUT)
-    if not record.is_file():
-        return {"status": process.returncode or 1, "seconds": float("nan"), "peak_bytes": 0}
-    return json.loads(record.read_text())
-
-
-def write_json(path: Path, value) -> None:
-    with atomic(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))
 
 
 # ---- one system -------------------------------------------------------------------------------

@@ -27,27 +27,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
 import time
 from pathlib import Path
 
-from util.console import quiet_tensorflow  # noqa: E402
+from util.console import quiet_tensorflow
 
 quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
 from brats.cases import CaseError, find_cases, load_case  # noqa: E402
-from brats.codings import (CODINGS, STORED, CodingError, layout_coding, recode,  # noqa: E402
-                           regions_to_labels, stored_codings)
+from brats.codings import CODINGS, recode, regions_to_labels  # noqa: E402
 from datasets.volumes import full_grid, preprocess_case  # noqa: E402
 from ensemble import combine, read_weights  # noqa: E402
 from systems import families  # noqa: E402
 from systems.networks import Network, load_network, network_files  # noqa: E402
 from util.config import Config, ConfigError  # noqa: E402
 from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+from util.portal import case_codings, describe_codings, record_codings, write_labels  # noqa: E402
 from util.runfolder import read_config  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -77,16 +75,6 @@ def region_probabilities(network: Network, arrays: dict, tta: bool) -> np.ndarra
             output = np.asarray(classes_to_regions(output), np.float32)
         total += np.flip(output, axes) if axes else output
     return total / len(flips(tta))
-
-
-def write_labels(labels: np.ndarray, case, path: Path) -> None:
-    """uint8 NIfTI with the input's affine and header, through a temporary name."""
-    header = case.header.copy()
-    header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(labels, case.affine, header)
-    image.header.set_slope_inter(1, 0)
-    with atomic(path) as temporary:
-        nib.save(image, str(temporary))
 
 
 def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
@@ -121,39 +109,6 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
 
 
 # ---- label codings ----------------------------------------------------------------------------
-
-def case_codings(cases: list, stated: str) -> dict:
-    """case id -> the coding its file is written in: stated, else its edition's (codings.py)."""
-    return {files.id: stated if stated != "auto" else layout_coding(files.layout, files.id)
-            for files in cases}
-
-
-def record_codings(output: Path, codings: dict, kept: set) -> None:
-    """Write <output>/codings.json; a case kept from an earlier run keeps its recorded coding (and
-    gets none if that run recorded none: evaluate.py then recognises its labels)."""
-    try:
-        previous = stored_codings(output)
-    except CodingError as error:
-        raise ConfigError(f"{error}; remove it or predict into another folder") from None
-    cases = {cid: coding for cid, coding in previous.items() if cid in kept}
-    cases.update({cid: coding for cid, coding in codings.items() if cid not in kept})
-    cases.update({cid: coding for cid, coding in previous.items() if cid not in codings})
-    with atomic(output / STORED) as temporary:
-        temporary.write_text(json.dumps({"cases": dict(sorted(cases.items())),
-                                         "codings": {c: CODINGS[c].described
-                                                     for c in sorted(set(cases.values()))}},
-                                        indent=1) + "\n")
-
-
-def describe_codings(codings: dict, output: Path) -> str:
-    """One line per coding used: how many cases, what the labels mean, an example file name."""
-    lines = []
-    for coding in dict.fromkeys(codings.values()):
-        ids = [cid for cid, c in codings.items() if c == coding]
-        lines.append(f"labels in the {coding} coding ({CODINGS[coding].described}) for "
-                     f"{len(ids)} case{'s' * (len(ids) != 1)}, e.g. {ids[0]}.nii.gz")
-    return "\n".join(lines + [f"codings recorded in {output / STORED}"])
-
 
 # ---- command line -----------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from util.config import load_config
 from tests.conftest import SEED, cut, linked_copy, one_line_error
 from datasets import volumes
 from systems import networks
+from util import portal
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +214,10 @@ def test_coding_option_overrides_the_edition_and_reruns_keep_the_record(every_la
     """--coding brats2020 for every case; a rerun that skips a case keeps the coding recorded for
     it (a case written by an older predict.py keeps none: evaluate.py recognises its labels)."""
     cases = find_cases(every_layout / "val")
-    assert predict.case_codings(cases, "auto") == EDITIONS
-    assert set(predict.case_codings(cases, "brats2020").values()) == {"brats2020"}
-    predict.record_codings(tmp_path, {"BraTS-GLI-10001-000": "brats2020", "BRATS_001": "msd"}, set())
-    predict.record_codings(tmp_path, predict.case_codings(cases, "auto"),
+    assert portal.case_codings(cases, "auto") == EDITIONS
+    assert set(portal.case_codings(cases, "brats2020").values()) == {"brats2020"}
+    portal.record_codings(tmp_path, {"BraTS-GLI-10001-000": "brats2020", "BRATS_001": "msd"}, set())
+    portal.record_codings(tmp_path, portal.case_codings(cases, "auto"),
                            kept={"BraTS-GLI-10001-000", "BraTS20_Validation_001"})
     recorded = json.loads((tmp_path / "codings.json").read_text())
     assert recorded["cases"] == {**{c: v for c, v in EDITIONS.items() if c != "BraTS20_Validation_001"},
@@ -224,7 +225,7 @@ def test_coding_option_overrides_the_edition_and_reruns_keep_the_record(every_la
     assert recorded["codings"]["msd"] == CODINGS["msd"].described
     (tmp_path / "codings.json").write_text("{")
     with pytest.raises(predict.ConfigError, match=r"codings.json: unreadable .*; remove it"):
-        predict.record_codings(tmp_path, {}, set())
+        portal.record_codings(tmp_path, {}, set())
 
 
 def test_damaged_run_files_are_one_line_with_what_to_do(trained_run, validation_dir, tmp_path,
