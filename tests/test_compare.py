@@ -85,9 +85,9 @@ def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and str(blocker) in error and "\n" not in error
     with pytest.raises(SystemExit):
-        compare.main(["--out", str(tmp_path / "x"), "--systems", "een,nnunet"])
+        compare.main(["--out", str(tmp_path / "x"), "--systems", "een,nosuch"])
     error = capsys.readouterr().err.strip()
-    assert error == ("error: --systems: unknown system nnunet (known: "
+    assert error == ("error: --systems: unknown system nosuch (known: "
                      + ", ".join(compare.SYSTEMS) + ")")
 
 
