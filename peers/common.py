@@ -26,6 +26,16 @@ class PeerError(ValueError):
     """A peer that cannot run (bad input, a missing package); str() is one line."""
 
 
+def without_tensorflow() -> None:
+    """Keep TensorFlow out of a peer's process: MONAI imports torch.utils.tensorboard, whose
+    tensorboard imports TensorFlow when it is installed (about 550 MB of resident memory that is
+    no part of the system); tensorboard then uses its own stub."""
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        sys.modules["tensorflow"] = None  # `import tensorflow` raises ImportError
+
+
 def require(package: str, pip_name: str) -> None:
     """PeerError in one line unless `package` can be imported."""
     if importlib.util.find_spec(package) is None:

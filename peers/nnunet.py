@@ -28,7 +28,7 @@ from pathlib import Path
 
 from outputs import exits_cleanly
 from peers.common import (PeerError, epoch_row, prediction_cases, require, split_cases,
-                          write_case_labels, write_history, write_record)
+                          without_tensorflow, write_case_labels, write_history, write_record)
 from peers.nnunet_data import DATASET, DATASET_ID, FACTOR
 
 HERE = Path(__file__).resolve().parent
@@ -134,18 +134,22 @@ def predict(args) -> int:
     loaded, failed = {}, []
     for files in cases:
         try:
-            loaded[files.id] = load_case(dataclasses.replace(files, seg=None))
-            write_images(loaded[files.id], scratch / "input")
+            case = load_case(dataclasses.replace(files, seg=None))
+            write_images(case, scratch / "input")
         except CaseError as error:
             print(f"error: {error}", file=sys.stderr)
             failed.append(files.id)
+            continue
+        loaded[case.id] = (dataclasses.replace(case, stored={}), case.shape)  # images freed
+    if not loaded:
+        raise PeerError(f"{args.input}: no case could be read")
     command("nnUNetv2_predict", predict_entry_point,
             ["-i", scratch / "input", "-o", scratch / "output", "-d", DATASET_ID, "-c", chosen,
              "-f", 0, "-tr", TRAINER, "-device", "cpu", "-npp", 0, "-nps", 0,
              "--disable_progress_bar"])
-    for case_id, case in loaded.items():
+    for case_id, (case, shape) in loaded.items():
         labels = np.asarray(nib.load(scratch / "output" / f"{case_id}.nii.gz").dataobj)
-        regions = upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, case.shape)
+        regions = upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, shape)
         write_case_labels(case, regions, codings[case_id], args.output)
     print(f"{len(loaded)} cases written to {args.output}, {len(failed)} failed")
     return 1 if failed else 0
@@ -172,6 +176,7 @@ def main(argv: list | None = None) -> int:
     predicting.add_argument("--input", type=Path, required=True)
     predicting.add_argument("--output", type=Path, required=True)
     args = parser.parse_args(argv)
+    without_tensorflow()
     require("nnunetv2", "nnunetv2")
     return {"prepare": prepare, "train": train, "predict": predict}[args.step](args)
 

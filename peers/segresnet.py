@@ -75,9 +75,6 @@ def mean_dice(model, pairs: list) -> float:
 
 
 def train(args) -> int:
-    import torch
-    from monai.losses import DiceLoss
-
     from data import Cache, CacheError
 
     try:
@@ -88,6 +85,10 @@ def train(args) -> int:
         raise PeerError(f"{args.cache}: crop {cache.crop_size} is not a multiple of 8 (SegResNet "
                         f"halves the grid three times)")
     split = split_cases(cache.labelled_ids())
+    without_tensorflow()
+    import torch
+    from monai.losses import DiceLoss
+
     training = [case_arrays(cache, i) for i in split["train"]]
     validation = [case_arrays(cache, i) for i in split["validation"]]
     torch.manual_seed(args.seed)
@@ -136,8 +137,6 @@ def train(args) -> int:
 def predict(args) -> int:
     """Each case as the cache was made (preprocess_case), the whole crop through the network,
     sigmoid probabilities back on the case grid (predict.full_grid), labels as predict.py writes."""
-    import torch
-
     from brats import MODALITIES, CaseError, load_case
     from predict import full_grid
     from preprocess import preprocess_case
@@ -146,6 +145,9 @@ def predict(args) -> int:
     if not settings_file.is_file() or not weights.is_file():
         raise PeerError(f"{args.run}: not a trained SegResNet run (no settings.json or best.pt)")
     settings = json.loads(settings_file.read_text())
+    without_tensorflow()
+    import torch
+
     model = build()
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()

@@ -84,6 +84,7 @@ def test_a_missing_package_and_an_untrained_run_are_one_line(tmp_path, capsys, m
                                             "requirements-dev.txt pins them)")
     assert rows.missing("peers.segresnet") == ""
     monkeypatch.undo()
+    monkeypatch.setattr(segresnet, "without_tensorflow", lambda: None)  # not in this process
     error = one_line_error(capsys, segresnet.main, ["predict", "--run", tmp_path, "--input",
                                                     tmp_path, "--output", tmp_path / "out"])
     assert "not a trained SegResNet run" in error
