@@ -19,6 +19,8 @@ and peak memory, next to each system's published figures.
 
 A system whose result is there is not trained or scored again; a training that did not finish is
 started afresh. Ben naceur is trained once and predicted with and without its post-processings.
+The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own tools (peers/rows.py)
+in the same measured processes, into the same predictions and rows.
 """
 from __future__ import annotations
 

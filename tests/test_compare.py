@@ -11,7 +11,7 @@ import train
 from tests.conftest import built_once
 
 SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp,nnunet,segresnet"
-SEGRESNET_PARAMETERS = 0  # MONAI's tutorial network
+SEGRESNET_PARAMETERS = 4_702_227  # MONAI's tutorial network
 
 
 @pytest.fixture(scope="module")
