@@ -1,19 +1,22 @@
-"""The real nnU-Net v2 as a row of compare.py: its own command lines, run in this process.
+"""The real nnU-Net v2 as a row of compare.py, run in this process.
 
     python -m peers.nnunet prepare --train OUT/data/train --out RUN
     python -m peers.nnunet train --out RUN --max-minutes 10 [--epochs N]
     python -m peers.nnunet predict --run RUN --input VALIDATION --output PREDICTIONS
 
 prepare: the labelled cases as the raw dataset RUN/nnUNet_raw/Dataset500_SynBraTS (3 mm,
-region-based: peers/nnunet_data.py), `nnUNetv2_plan_and_preprocess -d 500 -c CONFIGURATION`, and
-splits_final.json holding fold 0 = train.py's 80/20 split (the same held-out training cases).
-train: `nnUNetv2_train 500 CONFIGURATION 0 -tr nnUNetTrainerBudget -device cpu`, the default trainer
-ended by the budget (peers/nnunet_trainer); history.csv and peer.json for compare.py.
-predict: the cases at 3 mm, `nnUNetv2_predict ... -device cpu -npp 0 -nps 0` (in this process,
-nnU-Net's default mirroring TTA), its labels as regions, put back on the 1 mm grid (linear, as
-predict.py does the other rows' probabilities), labels in each case's edition coding.
-nnUNet_raw, nnUNet_preprocessed and nnUNet_results point into RUN; nnUNet_n_proc_DA 0 keeps the
-augmentation in this process (its memory is the system's; 2 cores leave no room for workers).
+region-based: peers/nnunet_data.py), `nnUNetv2_plan_and_preprocess -d 500 -c 3d_fullres
+--verify_dataset_integrity`, and splits_final.json holding fold 0 = train.py's 80/20 split.
+train: what `nnUNetv2_train 500 3d_fullres 0 -tr nnUNetTrainerBudget -device cpu` runs, the default
+trainer ended by the budget (peers/nnunet_trainer); history.csv and peer.json for compare.py.
+predict: the cases at 3 mm through what `nnUNetv2_predict -d 500 -c 3d_fullres -f 0 -tr
+nnUNetTrainerBudget -device cpu -npp 0 -nps 0` runs (Gaussian sliding window, mirroring TTA), its
+labels as regions, put back on the 1 mm grid (linear, as predict.py does the other rows' 3 mm
+probabilities), labels in each case's edition coding.
+Training and prediction call nnU-Net's Python classes as its two command lines do, less their
+trainer lookup (cpu_trainer). nnUNet_raw, nnUNet_preprocessed and nnUNet_results point into RUN;
+nnUNet_n_proc_DA 0 keeps the augmentation in the training process (its memory is the system's;
+2 cores leave no room for workers).
 """
 from __future__ import annotations
 
@@ -38,29 +41,34 @@ ITERATIONS, VAL_ITERATIONS = 25, 5  # per epoch (nnU-Net: 250, 50): a few epochs
 
 
 def environment(run: Path) -> None:
-    """nnU-Net's paths into RUN, the budget trainer's folder, no compilation, no DA workers."""
+    """nnU-Net's paths into RUN, the budget trainer's folder, no compilation."""
     for name, folder in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "preprocessed"),
                          ("nnUNet_results", "results")):
         os.environ[name] = str(run / folder)
     os.environ["nnUNet_extTrainer"] = str(HERE / "nnunet_trainer")
     os.environ["nnUNet_compile"] = "false"
-    os.environ["nnUNet_n_proc_DA"] = "0"
 
 
-def command(name: str, entry, argv: list) -> None:
-    """nnU-Net's console script `name` with argv, in this process; a failure is one PeerError
-    (the traceback goes to standard output, compare.py's log)."""
-    print(f"$ {name} {' '.join(map(str, argv))}", flush=True)
-    saved = sys.argv
-    sys.argv = [name, *map(str, argv)]
+def calling(name: str, function) -> None:
+    """function() of nnU-Net's; a failure is one PeerError (the traceback goes to standard
+    output, compare.py's log)."""
     try:
-        entry()
+        function()
     except SystemExit as stop:
         if stop.code not in (None, 0):
             raise PeerError(f"{name} exited with status {stop.code}") from None
     except Exception as error:  # nnU-Net's asserts and RuntimeErrors
         traceback.print_exc(file=sys.stdout)
         raise PeerError(f"{name} failed: {type(error).__name__}: {error}".splitlines()[0]) from None
+
+
+def command(name: str, entry, argv: list) -> None:
+    """nnU-Net's console script `name` with argv, in this process."""
+    print(f"$ {name} {' '.join(map(str, argv))}", flush=True)
+    saved = sys.argv
+    sys.argv = [name, *map(str, argv)]
+    try:
+        calling(name, entry)
     finally:
         sys.argv = saved
 
@@ -74,7 +82,8 @@ def prepare(args) -> int:
 
     cases = [c for c in find_cases(args.train) if c.has_labels]
     if len(cases) < 2:
-        raise PeerError(f"{args.train}: nnU-Net needs at least 2 labelled cases, found {len(cases)}")
+        raise PeerError(f"{args.train}: nnU-Net needs at least 2 labelled cases, found "
+                        f"{len(cases)}")
     environment(args.out)
     count = write_raw_dataset(cases, args.out / "nnUNet_raw" / DATASET)
     print(f"{count} cases written to {args.out / 'nnUNet_raw' / DATASET} ({FACTOR} mm)", flush=True)
@@ -95,18 +104,34 @@ def configuration(run: Path) -> str:
     return json.loads(settings.read_text())["configuration"]
 
 
-def train(args) -> int:
-    from nnunetv2.run.run_training import run_training_entry
+def cpu_trainer(run: Path, chosen: str):
+    """What `nnUNetv2_train 500 CONFIGURATION 0 -tr nnUNetTrainerBudget -device cpu` builds
+    (run_training.get_trainer_from_args, less its class lookup, which imports every trainer
+    module: Primus's need timm and torchvision, and this index's torchvision is a CUDA build that
+    does not import on the CPU torch)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
 
+    from peers.nnunet_trainer.nnUNetTrainerBudget import nnUNetTrainerBudget
+
+    torch.set_num_threads(os.cpu_count() or 1)  # nnUNetv2_train -device cpu does the same
+    folder = run / "preprocessed" / DATASET
+    return nnUNetTrainerBudget(plans=load_json(folder / "nnUNetPlans.json"), configuration=chosen,
+                               fold=0, dataset_json=load_json(folder / "dataset.json"),
+                               device=torch.device("cpu"))
+
+
+def train(args) -> int:
     environment(args.out)
     chosen = configuration(args.out)
+    os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in this process (planning needs > 0)
     os.environ["EEN_NNUNET_BUDGET_MINUTES"] = f"{args.max_minutes:.6g}"
     os.environ["EEN_NNUNET_ITERATIONS"] = str(args.iterations)
     os.environ["EEN_NNUNET_VAL_ITERATIONS"] = str(args.val_iterations)
     if args.epochs:
         os.environ["EEN_NNUNET_MAX_EPOCHS"] = str(args.epochs)
-    command("nnUNetv2_train", run_training_entry,
-            [DATASET_ID, chosen, 0, "-tr", TRAINER, "-device", "cpu"])
+    print(f"nnUNetTrainerBudget, dataset {DATASET_ID}, {chosen}, fold 0, device cpu", flush=True)
+    calling("nnU-Net training", lambda: cpu_trainer(args.out, chosen).run_training())
     folder = args.out / "results" / DATASET / f"{TRAINER}__nnUNetPlans__{chosen}" / "fold_0"
     record = json.loads((folder / "budget_history.json").read_text())
     rows = [epoch_row(r["epoch"], r["steps"], r["train_seconds"], r["epoch_seconds"],
@@ -117,10 +142,42 @@ def train(args) -> int:
     return 0
 
 
+def cpu_predictor(run: Path, chosen: str):
+    """What `nnUNetv2_predict -d 500 -c CONFIGURATION -f 0 -tr nnUNetTrainerBudget -device cpu`
+    builds (nnUNetPredictor with its defaults: Gaussian sliding window, step 0.5, mirroring TTA;
+    initialize_from_trained_model_folder less its class lookup, as cpu_trainer)."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from peers.nnunet_trainer.nnUNetTrainerBudget import nnUNetTrainerBudget
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    folder = run / "results" / DATASET / f"{TRAINER}__nnUNetPlans__{chosen}"
+    checkpoint = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                            weights_only=False)
+    plans = PlansManager(load_json(folder / "plans.json"))
+    dataset_json = load_json(folder / "dataset.json")
+    manager = plans.get_configuration(chosen)
+    network = nnUNetTrainerBudget.build_network_architecture(
+        plans, manager, determine_num_input_channels(plans, manager, dataset_json),
+        plans.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False)
+    network.load_state_dict(checkpoint["network_weights"])
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=True, device=torch.device("cpu"),
+                                allow_tqdm=False)
+    predictor.manual_initialization(network, plans, manager, [checkpoint["network_weights"]],
+                                    dataset_json, TRAINER,
+                                    checkpoint["inference_allowed_mirroring_axes"])
+    return predictor
+
+
 def predict(args) -> int:
     import nibabel as nib
     import numpy as np
-    from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 
     from brats import CaseError, load_case
     from peers.nnunet_data import nnunet_to_regions, write_images
@@ -143,10 +200,10 @@ def predict(args) -> int:
         loaded[case.id] = (dataclasses.replace(case, stored={}), case.shape)  # images freed
     if not loaded:
         raise PeerError(f"{args.input}: no case could be read")
-    command("nnUNetv2_predict", predict_entry_point,
-            ["-i", scratch / "input", "-o", scratch / "output", "-d", DATASET_ID, "-c", chosen,
-             "-f", 0, "-tr", TRAINER, "-device", "cpu", "-npp", 0, "-nps", 0,
-             "--disable_progress_bar"])
+    print(f"nnUNetPredictor, dataset {DATASET_ID}, {chosen}, fold 0, device cpu", flush=True)
+    calling("nnU-Net prediction", lambda: cpu_predictor(args.run, chosen)
+            .predict_from_files_sequential(str(scratch / "input"), str(scratch / "output"),
+                                           save_probabilities=False, overwrite=True))
     for case_id, (case, shape) in loaded.items():
         labels = np.asarray(nib.load(scratch / "output" / f"{case_id}.nii.gz").dataobj)
         regions = upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, shape)

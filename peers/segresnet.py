@@ -27,7 +27,7 @@ import numpy as np
 
 from outputs import atomic, exits_cleanly
 from peers.common import (Budget, PeerError, epoch_row, prediction_cases, require, split_cases,
-                          write_case_labels, write_history, write_record)
+                          without_tensorflow, write_case_labels, write_history, write_record)
 
 TUTORIAL_EPOCHS = 300  # the tutorial's max_epochs, the cosine schedule's period
 USES_CACHE = True  # compare.py gives train --cache OUT/cache

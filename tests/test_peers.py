@@ -35,7 +35,8 @@ def test_regions_round_trip_exactly_and_match_the_dataset_json_regions():
     labels = regions_to_nnunet(regions)
     assert np.array_equal(nnunet_to_regions(labels), regions)
     # the nnU-Net labels of regions are the nnU-Net labels of the BraTS labels
-    brats = np.where(regions[..., 2], 4, np.where(regions[..., 1], 1, np.where(regions[..., 0], 2, 0)))
+    brats = np.where(regions[..., 2], 4,
+                     np.where(regions[..., 1], 1, np.where(regions[..., 0], 2, 0)))
     assert np.array_equal(labels, brats_to_nnunet(brats))
     assert nnunet_data.REGIONS == {"whole tumor": (1, 2, 3), "tumor core": (2, 3),
                                    "enhancing tumor": (3,)}  # Dataset137_BraTS21.py's

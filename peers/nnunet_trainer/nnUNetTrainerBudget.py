@@ -1,4 +1,5 @@
-"""nnU-Net's default trainer under a wall-clock budget (found through nnUNet_extTrainer).
+"""nnU-Net's default trainer under a wall-clock budget (peers/nnunet.py builds it; with a working
+torchvision, nnUNetv2_train -tr nnUNetTrainerBudget finds it through nnUNet_extTrainer too).
 
 nnUNetTrainer unchanged (network, loss, augmentation, SGD with poly schedule over its 1000 nominal
 epochs) except: epochs of EEN_NNUNET_ITERATIONS training and EEN_NNUNET_VAL_ITERATIONS validation
