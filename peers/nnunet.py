@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 TRAINER = "nnUNetTrainerBudget"
 CONFIGURATION = "3d_fullres"
 ITERATIONS, VAL_ITERATIONS = 25, 5  # per epoch (nnU-Net: 250, 50): a few epochs in a budget
+QUICK = ["--iterations", 5, "--val-iterations", 1]  # compare.py --quick: a smoke run
 
 
 def environment(run: Path) -> None:

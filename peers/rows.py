@@ -83,6 +83,8 @@ def trained(name: str, system, paths: dict, args) -> dict | None:
         argv += ["--cache", paths["cache"]]
     if args.epochs:
         argv += ["--epochs", args.epochs]
+    if args.quick:  # a smoke run: the tool's shorter epochs, if it has any
+        argv += getattr(tool, "QUICK", [])
     print(f"{name}: training ({args.budget_minutes:g} min budget) ...", flush=True)
     result = step(name, system.peer, argv, paths["runs"] / f"{system.run}.train.log")
     if result is None:
