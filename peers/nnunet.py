@@ -117,7 +117,8 @@ def cpu_trainer(run: Path, chosen: str):
 
     torch.set_num_threads(os.cpu_count() or 1)  # nnUNetv2_train -device cpu does the same
     folder = run / "preprocessed" / DATASET
-    return nnUNetTrainerBudget(plans=load_json(folder / "nnUNetPlans.json"), configuration=chosen,
+    plans = {**load_json(folder / "nnUNetPlans.json"), "continue_training": False}
+    return nnUNetTrainerBudget(plans=plans, configuration=chosen,
                                fold=0, dataset_json=load_json(folder / "dataset.json"),
                                device=torch.device("cpu"))
 
