@@ -203,6 +203,7 @@ def predict(args) -> int:
     if not loaded:
         raise PeerError(f"{args.input}: no case could be read")
     print(f"nnUNetPredictor, dataset {DATASET_ID}, {chosen}, fold 0, device cpu", flush=True)
+    (scratch / "output").mkdir(parents=True, exist_ok=True)  # as nnUNetv2_predict makes it
     calling("nnU-Net prediction", lambda: cpu_predictor(args.run, chosen)
             .predict_from_files_sequential(str(scratch / "input"), str(scratch / "output"),
                                            save_probabilities=False, overwrite=True))
