@@ -19,6 +19,8 @@ and peak memory, next to each system's published figures.
 
 A system whose result is there is not trained or scored again; a training that did not finish is
 started afresh. Ben naceur is trained once and predicted with and without its post-processings.
+The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own tools (peers/rows.py)
+in the same measured processes, into the same predictions and rows.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class System:
     predict: tuple = ()
     networks: int = 1
     published: str = ""
+    peer: str = ""  # a peer system's tool (peers/rows.py runs it), instead of train/predict.py
 
 
 SYSTEMS = {
@@ -78,6 +81,13 @@ SYSTEMS = {
     "bennaceur2020_nopp": System("configs/bennaceur2020_small.yaml", "bennaceur2020",
                                  predict=("--postprocess", "none"),
                                  published="none available"),
+    # the field's standard, on PyTorch (peers/): the real nnU-Net v2 and MONAI's SegResNet
+    "nnunet": System("", "nnunet", peer="peers.nnunet",
+                     published="BraTS 2020 test Dice ET 0.820, WT 0.890, TC 0.851 (Isensee et al. "
+                               "2020, winner: ensemble of 25 region-based nnU-Nets, full size)"),
+    "segresnet": System("", "segresnet", peer="peers.segresnet",
+                        published="MONAI bundle brats_mri_segmentation: Dice ET 0.791, WT 0.903, "
+                                  "TC 0.856 (BraTS 2018, 42 held-out training cases, full size)"),
 }
 
 
@@ -197,11 +207,13 @@ def compared(name: str, paths: dict, args) -> dict | None:
         return read_json(done, {"system": str, "scored_cases": int},
                          f"delete it to train and score {name} again")
     system = SYSTEMS[name]
-    training = trained(name, system, paths, args)
+    if system.peer:
+        from peers import rows as peer_rows
+    training = (peer_rows.trained if system.peer else trained)(name, system, paths, args)
     if training is None:
         return None
     print(f"{name}: predicting {paths['validation']} ...", flush=True)
-    prediction = predicted(name, system, paths)
+    prediction = (peer_rows.predicted if system.peer else predicted)(name, system, paths)
     if prediction is None:
         return None
     row = {"system": name, **training, **prediction, **scores(name, paths),

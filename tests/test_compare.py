@@ -1,5 +1,5 @@
-"""compare.py --quick end to end (the EEN ensemble and Ben naceur with and without its
-post-processings), a rerun that trains nothing again, one-line refusals, and train.py's
+"""compare.py --quick end to end (the EEN ensemble, Ben naceur with and without its
+post-processings, and the peers nnU-Net v2 and MONAI's SegResNet), a rerun that trains nothing again, one-line refusals, and train.py's
 --max-minutes time budget."""
 import csv
 import json
@@ -10,7 +10,8 @@ import compare
 import train
 from tests.conftest import built_once
 
-SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp"
+SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp,nnunet,segresnet"
+SEGRESNET_PARAMETERS = 4_702_227  # MONAI's tutorial network
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +49,16 @@ def test_quick_writes_the_table_with_a_row_per_system(quick):
     markdown = (quick / "compare.md").read_text()
     assert "--quick" in markdown and "| bennaceur2020_nopp |" in markdown
     assert "none available" in markdown
+    # the peers: one epoch each, nnU-Net's own files under OUT, predictions as predict.py's
+    assert rows["nnunet"]["epochs"] == "1" and rows["segresnet"]["epochs"] == "1"
+    assert int(rows["segresnet"]["parameters"]) == SEGRESNET_PARAMETERS
+    assert "Isensee" in markdown and "brats_mri_segmentation" in markdown
+    nnunet = quick / "runs" / "nnunet"
+    assert (nnunet / "nnUNet_raw" / "Dataset500_SynBraTS" / "dataset.json").is_file()
+    assert len(list(nnunet.glob("results/Dataset500_SynBraTS/nnUNetTrainerBudget__nnUNetPlans__"
+                                "3d_fullres/fold_0/checkpoint_final.pth"))) == 1
+    for name in ("nnunet", "segresnet"):
+        assert (quick / "predictions" / name / "codings.json").is_file()
     assert (quick / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -85,9 +96,9 @@ def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and str(blocker) in error and "\n" not in error
     with pytest.raises(SystemExit):
-        compare.main(["--out", str(tmp_path / "x"), "--systems", "een,nnunet"])
+        compare.main(["--out", str(tmp_path / "x"), "--systems", "een,nosuch"])
     error = capsys.readouterr().err.strip()
-    assert error == ("error: --systems: unknown system nnunet (known: "
+    assert error == ("error: --systems: unknown system nosuch (known: "
                      + ", ".join(compare.SYSTEMS) + ")")
 
 

@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("brats", "util", "datasets", "scoring", "systems")
+PACKAGES = ("brats", "util", "datasets", "scoring", "systems", "peers")
 # What each package may import (besides itself); the network's own definition, model.py and
 # losses.py, may be imported by the package that builds and trains it.
 ALLOWED = {
@@ -15,6 +15,7 @@ ALLOWED = {
     "datasets": {"brats", "util"},
     "scoring": {"brats", "util"},
     "systems": {"brats", "util", "datasets", "scoring", "model", "losses"},
+    "peers": {"brats", "util", "datasets"},
 }
 MAX_TOP_LEVEL = 12
 MAX_LINES = 430
@@ -24,8 +25,9 @@ def modules() -> dict:
     """Dotted module name -> path, for the top-level files and the packages' modules."""
     found = {p.stem: p for p in ROOT.glob("*.py")}
     for package in PACKAGES:
-        for path in (ROOT / package).glob("*.py"):
-            found[package if path.stem == "__init__" else f"{package}.{path.stem}"] = path
+        for path in (ROOT / package).rglob("*.py"):
+            dotted = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+            found[dotted.removesuffix(".__init__")] = path
     return found
 
 
