@@ -86,9 +86,10 @@ SYSTEMS = {
                              published="patch-level validation Dice 0.7273 (MSD Task01; "
                                        "no ET/WT/TC figures)",
                              note="published Adam 1e-5",
-                             unlearned="the published Adam 1e-5 is too slow here (README, "
-                                       "\"Why the 3D U-Net learned nothing\"); see "
-                                       "unet3d_patches_tuned"),
+                             unlearned="the published Adam 1e-5 is too slow here: its "
+                                       "outputs barely move from the start, tumour almost "
+                                       "everywhere (README, \"Why the 3D U-Net learned "
+                                       "nothing\"); see unet3d_patches_tuned"),
     "unet3d_patches_tuned": System("configs/unet3d_patches_small.yaml", "unet3d_patches_tuned",
                                    published="none (a departure: the rate is chosen here)",
                                    note="Adam rate from a range test", lr_range=True),
