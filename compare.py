@@ -381,7 +381,7 @@ def markdown(rows: list, note: str) -> str:
                  + [f"{row['parameters']:,}", cell(row, "epochs"), f"{row['seconds_per_step']:.3f}",
                     f"{row['seconds_per_epoch']:.1f}", f"{row['train_seconds']:.0f}",
                     f"{row['seconds_per_case']:.1f}", f"{row['peak_bytes'] / 2**30:.2f}",
-                    row["published"], note(row)])
+                    row["published"], cell(row, "note")])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
