@@ -29,7 +29,7 @@ import keras, numpy as np
 import families
 from config import load_config
 
-def one_step(config, x, y, scope):
+def one_step(config, x, y, scope, start):
     with scope():
         keras.utils.set_random_seed(0)
         family = families.family_of(config)
@@ -40,6 +40,9 @@ def one_step(config, x, y, scope):
             3 if three else 4, 1, activation="sigmoid" if three else "softmax")
         model = keras.Model(inputs, layer(inputs))
         model.compile(optimizer=keras.optimizers.SGD(0.5), loss=family.loss(config))
+    if start:
+        model.set_weights(start)
+    start[:] = model.get_weights()
     before = model.get_weights()[0].copy()
     loss = model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False).history["loss"][0]
     return float(loss), (model.get_weights()[0] - before).tolist()
@@ -53,8 +56,10 @@ for name, path in json.loads(sys.argv[1]).items():
     x = rng.normal(size=shape + (channels,)).astype(np.float32)
     classes = rng.integers(0, 4, shape)
     y = np.stack([classes > 0, (classes == 1) | (classes == 3), classes == 3], -1).astype("float32")
-    halves = [one_step(config, x[k:k + 2], y[k:k + 2], contextlib.nullcontext) for k in (0, 2)]
-    results[name] = {"halves": halves, "mirrored": one_step(config, x, y, placement.scope)}
+    start = []  # the first network's initial weights, given to the other two
+    halves = [one_step(config, x[k:k + 2], y[k:k + 2], contextlib.nullcontext, start)
+              for k in (0, 2)]
+    results[name] = {"halves": halves, "mirrored": one_step(config, x, y, placement.scope, start)}
 print("RESULT " + json.dumps(results))
 """
 
