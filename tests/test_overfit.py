@@ -24,7 +24,7 @@ from predict import regions_to_labels
 
 # family -> (config, Adam rate, batch, epochs): a few hundred steps at most on one case
 RUNS = {
-    "een": ("configs/small.yaml", 1e-3, 1, 150),  # one 32x32x48 crop of FLAIR: 150 steps
+    "een": ("configs/small.yaml", 1e-3, 1, 300),  # one 32x32x48 crop of FLAIR: 300 steps
     "kermi2018": ("configs/kermi2018_small.yaml", 1e-3, 8, 20),  # 144 patches: 360 steps
     "unet3d_patches": ("configs/unet3d_patches_small.yaml", 3e-3, 10, 200),  # 10: 200 steps
     "bennaceur2020": ("configs/bennaceur2020_small.yaml", 3e-3, 32, 8),  # ~600 windows
