@@ -50,6 +50,16 @@ def soft_dice(y_true, y_pred, per_channel: bool = True, eps: float = DICE_EPS):
     return ops.mean(numerator / denominator)
 
 
+def per_example(value, y_pred):
+    """A loss computed over the whole batch, () -> (B,): the same value for each example.
+
+    Keras averages a (B,) loss and, under tf.distribute (MirroredStrategy), divides it by the
+    replicas before their gradients are summed; a () loss skips that division, so with R replicas
+    the reported loss and the gradient were R times too large (tests/test_replica_losses.py).
+    """
+    return value + ops.mean(ops.zeros_like(y_pred), axis=tuple(range(1, len(y_pred.shape))))
+
+
 def binary_cross_entropy(y_true, y_pred):
     """Mean over voxels and channels of the per-channel binary cross-entropy of sigmoid outputs."""
     y_true = ops.cast(y_true, y_pred.dtype)
@@ -82,7 +92,8 @@ class DiceCrossEntropy(keras.losses.Loss):
             cross_entropy = categorical_cross_entropy(y_true, y_pred)
         else:
             cross_entropy = binary_cross_entropy(y_true, y_pred)
-        return cross_entropy - soft_dice(y_true, y_pred, self.per_channel, self.eps)
+        return per_example(cross_entropy - soft_dice(y_true, y_pred, self.per_channel, self.eps),
+                           y_pred)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "activation": self.activation,

@@ -79,7 +79,8 @@ def build(config) -> keras.Model:
 
 @keras.saving.register_keras_serializable("baselines")
 class WeightedCrossEntropy(keras.losses.Loss):
-    """mean over pixels of -sum_c weight_c y_c log p_c, p clipped to [1e-7, 1 - 1e-7].
+    """mean over pixels of -sum_c weight_c y_c log p_c, p clipped to [1e-7, 1 - 1e-7]; one value
+    per example (B,), which Keras averages.
 
     The class weights the authors passed as Keras `class_weight` (which cannot weight per-pixel
     outputs) put inside the loss. Targets are regions (..., 3), turned into one-hot classes here.
@@ -94,7 +95,8 @@ class WeightedCrossEntropy(keras.losses.Loss):
         truth = regions_to_classes(ops.cast(y_true, "float32"))
         probabilities = ops.clip(ops.cast(y_pred, "float32"), PROB_EPS, 1 - PROB_EPS)
         weights = ops.convert_to_tensor(self.class_weights, "float32")
-        return ops.mean(-ops.sum(truth * ops.log(probabilities) * weights, axis=-1))
+        pixels = -ops.sum(truth * ops.log(probabilities) * weights, axis=-1)
+        return ops.mean(pixels, axis=tuple(range(1, len(pixels.shape))))  # (B,): per example
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_weights": list(self.class_weights)}

@@ -19,7 +19,7 @@ from keras import layers, ops
 
 from systems.common import (argmax_regions, brain_pixels, cached_intensities, case_intensities,
                             normalise_slices, on_case_grid, predict_slices)
-from losses import PROB_EPS, region_metrics, regions_to_classes
+from losses import PROB_EPS, per_example, region_metrics, regions_to_classes
 
 DOWNSAMPLING = 8  # three stride-2 convolutions
 
@@ -97,7 +97,7 @@ class GeneralisedDiceWeightedCE(keras.losses.Loss):
         probabilities = ops.clip(probabilities, PROB_EPS, 1 - PROB_EPS)
         class_weights = ops.convert_to_tensor(self.class_weights, "float32")
         wce = ops.mean(-ops.sum(truth * ops.log(probabilities) * class_weights, axis=-1))
-        return gdl + wce
+        return per_example(gdl + wce, y_pred)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "class_weights": list(self.class_weights),
@@ -137,9 +137,11 @@ def metrics(config) -> list:
 
 
 def optimizer(config, steps_per_epoch: int):
-    """SGD, momentum 0.9 without Nesterov, on the per-epoch schedule."""
+    """SGD, momentum 0.9 without Nesterov, on the per-epoch schedule; its epoch is the training
+    epoch, or kermi2018.schedule_epoch_steps steps when set (the published run: 4,380)."""
     k = config.kermi2018
-    return keras.optimizers.SGD(EpochDecay(k.learning_rate, k.decay, steps_per_epoch), momentum=0.9)
+    steps = k.schedule_epoch_steps or steps_per_epoch
+    return keras.optimizers.SGD(EpochDecay(k.learning_rate, k.decay, steps), momentum=0.9)
 
 
 def callbacks(config) -> list:

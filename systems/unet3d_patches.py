@@ -86,7 +86,7 @@ class SoftDiceLoss(keras.losses.Loss):
         numerator = 2 * ops.sum(truth * predicted, axis=spatial) + self.eps
         denominator = (ops.sum(predicted * predicted, axis=spatial)
                        + ops.sum(truth * truth, axis=spatial) + self.eps)
-        return 1 - ops.mean(numerator / denominator)
+        return 1 - ops.mean(numerator / denominator, axis=-1)  # (B,): Keras averages them
 
     def get_config(self) -> dict:
         return {**super().get_config(), "eps": self.eps}

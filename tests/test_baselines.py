@@ -278,6 +278,10 @@ def test_learning_rate_schedules():
         sgd.iterations.assign(step)
         assert float(sgd.learning_rate) == pytest.approx(rate, rel=1e-5)
     assert (sgd.momentum, sgd.nesterov) == (0.9, False)
+    published = kermi2018.optimizer(config("kermi2018", schedule_epoch_steps=4380), 100)
+    for step, rate in {4379: 0.008 / (1 + 5e-5 * 4379), 4380: 0.0008 / (1 + 5e-4 * 4380)}.items():
+        published.iterations.assign(step)  # the published epoch, whatever the training epoch
+        assert float(published.learning_rate) == pytest.approx(rate, rel=1e-5)
     nesterov = bennaceur2020.optimizer(config("bennaceur2020"), steps_per_epoch=100)
     nesterov.iterations.assign(250)
     assert float(nesterov.learning_rate) == pytest.approx(1e-3 * 0.99 ** 2, rel=1e-5)
@@ -405,6 +409,8 @@ def test_registry_names_every_family():
      r"bennaceur2020.variant must be input_sparse, sparse or dense"),
     ({"model": {"family": "kermi2018"}, "kermi2018": {"patch_size": 100}},
      r"kermi2018.patch_size 100 must be a multiple of 8"),
+    ({"model": {"family": "kermi2018"}, "kermi2018": {"schedule_epoch_steps": -1}},
+     r"kermi2018.schedule_epoch_steps must be 0"),
     ({"model": {"family": "kermi2018"}, "data": {"modalities": ["flair"]}},
      r"data.modalities: kermi2018 reads all four modalities"),
 ])

@@ -1,6 +1,7 @@
 """compare.py --quick end to end (the EEN ensemble, Ben naceur with and without its
-post-processings, and the peers nnU-Net v2 and MONAI's SegResNet), a rerun that trains nothing again, one-line refusals, and train.py's
---max-minutes time budget."""
+post-processings, the 3D U-Net whose rate a range test chooses, and the peers nnU-Net v2 and
+MONAI's SegResNet), a rerun that trains nothing again, the note column, one-line refusals, and
+train.py's --max-minutes time budget."""
 import csv
 import json
 
@@ -10,7 +11,7 @@ import compare
 import train
 from tests.conftest import built_once
 
-SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp,nnunet,segresnet"
+SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp,unet3d_patches_tuned,nnunet,segresnet"
 SEGRESNET_PARAMETERS = 4_702_227  # MONAI's tutorial network
 
 
@@ -60,6 +61,45 @@ def test_quick_writes_the_table_with_a_row_per_system(quick):
     for name in ("nnunet", "segresnet"):
         assert (quick / "predictions" / name / "codings.json").is_file()
     assert (quick / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_tuned_row_trains_with_the_rate_its_range_test_chose(quick):
+    import yaml
+
+    sweep = json.loads((quick / "runs" / "unet3d_patches_tuned.lr_range.json").read_text())
+    assert sweep["steps"] == compare.RANGE_STEPS[1] == len(sweep["losses"])
+    assert 0 < sweep["chosen"] < sweep["rates"][-1]
+    trained = yaml.safe_load((quick / "runs" / "unet3d_patches_tuned" / "config.yaml").read_text())
+    assert trained["unet3d_patches"]["learning_rate"] == pytest.approx(sweep["chosen"])
+    row = table(quick)["unet3d_patches_tuned"]
+    assert f"rate {sweep['chosen']:.2g} chosen in {sweep['steps']} steps" in row["note"]
+
+
+def test_range_test_picks_a_tenth_of_the_rate_at_the_smoothed_minimum(tmp_path, capsys):
+    import numpy as np
+
+    import lr_range
+    from tests.conftest import one_line_error
+
+    rates = lr_range.rates(1e-6, 1e-1, 51)
+    assert rates[0] == pytest.approx(1e-6) and rates[-1] == pytest.approx(1e-1)
+    assert np.allclose(rates[1:] / rates[:-1], 10 ** 0.1)
+    falling_then_diverging = [1.0] * 20 + [1.0 - 0.04 * k for k in range(20)] + [2.0] * 11
+    assert lr_range.chosen_rate(rates, np.array(falling_then_diverging)) == pytest.approx(
+        rates[39] / 10, rel=0.3)  # the smoothed minimum lags the raw one by a step or two
+    assert lr_range.chosen_rate(rates, np.array([1.0, 0.5, np.nan, 0.1])) == pytest.approx(
+        rates[1] / 10)  # a non-finite loss ends the sweep
+    error = one_line_error(capsys, lr_range.main, ["--config", "configs/kermi2018_small.yaml",
+                                                   "--data", tmp_path, "--out", tmp_path / "x"])
+    assert "kermi2018 is not trained with Adam" in error
+
+
+def test_a_row_below_the_learning_bar_says_why():
+    row = {"system": "unet3d_patches", "Dice_WT_mean": 0.009}
+    assert "does not learn (Dice WT < 0.6): the published Adam 1e-5 is" in compare.note(row)
+    assert "does not learn" not in compare.note({**row, "Dice_WT_mean": 0.8})
+    assert compare.note({"system": "kermi2018", "Dice_WT_mean": 0.1}) == (
+        "does not learn (Dice WT < 0.6): cause not investigated")
 
 
 def test_a_rerun_trains_and_predicts_nothing_again(quick, capsys):

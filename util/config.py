@@ -103,6 +103,7 @@ class KermiConfig:
     gdl_weight_cap: float = 0.0  # 0: GDL class weights 1/(r^2 + 1e-7) uncapped (faithful)
     learning_rate: float = 0.08  # SGD momentum 0.9; divided by 10 at every epoch start
     decay: float = 5e-6  # Keras-2 per-iteration decay; multiplied by 10 at every epoch start
+    schedule_epoch_steps: int = 0  # steps between two /10 of the rate; 0: every training epoch
     flip: bool = True  # left-right flip of patch and labels with probability 0.5
     percentiles: tuple = (1.0, 99.0)  # per-slice clip before the z-score
 
@@ -295,6 +296,9 @@ def validate_baseline(config: Config, where: str) -> Config:
     if family == "bennaceur2020" and section.variant not in ("input_sparse", "sparse", "dense"):
         raise ConfigError(f"{where}: bennaceur2020.variant must be input_sparse, sparse or dense, "
                           f"got {section.variant!r}")
+    if family == "kermi2018" and section.schedule_epoch_steps < 0:
+        raise ConfigError(f"{where}: kermi2018.schedule_epoch_steps must be 0 (every training "
+                          f"epoch) or a number of steps")
     if family == "bennaceur2020" and section.stride < 1:
         raise ConfigError(f"{where}: bennaceur2020.stride must be at least 1")
     return config

@@ -1,0 +1,87 @@
+"""Every family overfits one synthetic case: the standard check that its wiring is right.
+
+labels -> targets (the cache's regions through the family's prepare_case and examples) -> loss
+(the family's own, in its own coding) -> outputs (the family's network) -> labels (the family's
+inference conversion, then predict.regions_to_labels, as predicted_labels does). A fault anywhere
+in that chain (a label coding swapped, targets that do not move with their images, an output
+channel read as another) keeps the training Dice on WT far below 0.9. The optimizer is Adam for
+every family, at a rate that overfits in a few hundred steps: the published schedules are not
+under test here (README, "Why the 3D U-Net learned nothing" for the 3D U-Net's rate).
+"""
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+
+from systems import families
+from systems.common import argmax_regions
+from systems.unet3d_patches import regions_from_msd
+from brats.cases import MODALITIES
+from util.config import load_config
+from datasets.cache import Cache
+from brats.codings import regions_to_labels
+
+# family -> (config, Adam rate, batch, epochs): a few hundred steps at most on one case
+RUNS = {
+    "een": ("configs/small.yaml", 1e-3, 1, 300),  # one 32x32x48 crop of FLAIR: 300 steps
+    "kermi2018": ("configs/kermi2018_small.yaml", 1e-3, 8, 20),  # 144 patches: 360 steps
+    "unet3d_patches": ("configs/unet3d_patches_small.yaml", 3e-3, 10, 200),  # 10: 200 steps
+    "bennaceur2020": ("configs/bennaceur2020_small.yaml", 3e-3, 32, 8),  # ~600 windows
+}
+EEN_CROP = (32, 32, 48)  # the depth the small config compresses to 3 (48 -> 24 -> 12 -> 3)
+
+
+def tumour_case(cache: Cache) -> str:
+    """The case with the most enhancing tumour (all three regions present)."""
+    return max(cache.ids, key=lambda i: int(np.asarray(cache.regions(i))[..., 2].sum()))
+
+
+def een_examples(cache: Cache, case_id: str, config) -> tuple:
+    """The EEN_CROP window of the case's FLAIR centred on its tumour: (1, 32, 32, 48, 1), regions."""
+    family = families.family_of(config)
+    image, regions = family.prepare_case(cache, case_id, ("flair",), config)
+    centre = np.argwhere(regions[..., 0]).mean(axis=0).round().astype(int)
+    window = tuple(slice(min(max(c - s // 2, 0), n - s), min(max(c - s // 2, 0), n - s) + s)
+                   for c, s, n in zip(centre, EEN_CROP, regions.shape))
+    return image[window][None], regions[window][None]
+
+
+def output_regions(name: str, outputs: np.ndarray, config) -> np.ndarray:
+    """The family's inference conversion: network outputs -> regions (..., 3)."""
+    if name in ("kermi2018", "bennaceur2020"):
+        return argmax_regions(outputs)
+    if name == "unet3d_patches":
+        return regions_from_msd(outputs, config.unet3d_patches.threshold)
+    return outputs  # the EEN's sigmoid regions
+
+
+def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return 2 * np.sum(truth & predicted) / max(np.sum(truth) + np.sum(predicted), 1)
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_family_overfits_one_case(small_cache, name):
+    path, rate, batch, epochs = RUNS[name]
+    config = load_config(path)
+    cache = Cache(small_cache)
+    case_id = tumour_case(cache)
+    keras.utils.set_random_seed(0)
+    if name == "een":
+        config = dataclasses.replace(config, data=dataclasses.replace(
+            config.data, crop_size=EEN_CROP))
+        x, y = een_examples(cache, case_id, config)
+    else:
+        family = families.family_of(config)
+        inputs, regions = family.prepare_case(cache, case_id, MODALITIES, config)
+        x, y = family.examples(inputs, regions, config, np.random.default_rng(0), augment=False)
+    family = families.family_of(config)
+    network = family.build(config)
+    network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
+    history = network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0)
+    outputs = np.asarray(network.predict(x, batch_size=batch, verbose=0), np.float32)
+    labels = regions_to_labels(output_regions(name, outputs, config), 0.5)
+    score = dice(y[..., 0] > 0, labels > 0)
+    losses = history.history["loss"]
+    assert score >= 0.9, f"{name}: training Dice WT {score:.3f}, loss {losses[0]:.3f} -> " \
+                         f"{losses[-1]:.3f} over {epochs} epochs"
