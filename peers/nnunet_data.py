@@ -9,7 +9,7 @@ BraTS 0, 2 (edema), 1 (necrosis), 4 (enhancing) become 0, 1, 2, 3, channels are 
 FLAIR (_0000 to _0003), and dataset.json trains the regions whole tumour (1, 2, 3), tumour core
 (2, 3) and enhancing tumour (3) with regions_class_order (1, 2, 3): nnU-Net's region-based
 training, sigmoid outputs. The images are block-averaged by 3 (240x240x155 -> 80x80x52 at 3 mm,
-preprocess.block_mean) and the labels are the cache's 3 mm regions (a region where at least half
+datasets.volumes.block_mean) and the labels are the cache's 3 mm regions (a region where at least half
 of a 3x3x3 block is in it), so nnU-Net sees the cases as configs/small.yaml's cache does, uncropped
 (nnU-Net crops to the non-zero region itself).
 """

@@ -136,7 +136,7 @@ def train(args) -> int:
 
 def predict(args) -> int:
     """Each case as the cache was made (preprocess_case), the whole crop through the network,
-    sigmoid probabilities back on the case grid (predict.full_grid), labels as predict.py writes."""
+    sigmoid probabilities back on the case grid (datasets.volumes.full_grid), labels as predict.py writes."""
     from brats.cases import MODALITIES, CaseError, load_case
     from datasets.volumes import full_grid
     from datasets.volumes import preprocess_case
