@@ -96,7 +96,12 @@ SYSTEMS = {
                                        "nothing\"); see unet3d_patches_tuned"),
     "unet3d_patches_tuned": System("configs/unet3d_patches_small.yaml", "unet3d_patches_tuned",
                                    published="none (a departure: the rate is chosen here)",
-                                   note="Adam rate from a range test", lr_range=True),
+                                   note="Adam rate from a range test", lr_range=True,
+                                   unlearned="it finds the tumour but marks about a tenth of "
+                                             "the healthy brain as tumour: the published sampler "
+                                             "trains only on sub-volumes with >= 5 % tumour, and "
+                                             "the tumour-free tiles hold most false positives "
+                                             "(README, \"Why the 3D U-Net learned nothing\")"),
     "bennaceur2020": System("configs/bennaceur2020_small.yaml", "bennaceur2020",
                             predict=("--postprocess", "both"),
                             published="none available"),
