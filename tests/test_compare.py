@@ -98,7 +98,7 @@ def test_a_row_below_the_learning_bar_says_why():
     row = {"system": "unet3d_patches", "Dice_WT_mean": 0.009}
     assert "does not learn (Dice WT < 0.6): the published Adam 1e-5 is" in compare.note(row)
     assert "does not learn" not in compare.note({**row, "Dice_WT_mean": 0.8})
-    assert compare.note({"system": "kermi2018", "Dice_WT_mean": 0.1}) == (
+    assert compare.note({"system": "een_multimodal", "Dice_WT_mean": 0.1}) == (
         "does not learn (Dice WT < 0.6): cause not investigated")
 
 
