@@ -290,6 +290,7 @@ def parse_problem(command: dict) -> str | None:
         raise Parsed
 
     argparse.ArgumentParser.parse_args = parse_args
+    sys.argv = [command.get("script") or command["module"]]  # the prog name in its messages
     said = io.StringIO()
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
