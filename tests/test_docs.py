@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import importlib
 import importlib.util
 import io
@@ -46,10 +47,16 @@ def documents() -> list[Path]:
 
 def top_level() -> set[str]:
     """The project's tracked top-level entries (git), or, outside a git checkout, those on disk."""
-    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
-    names = listed.stdout.split() if listed.returncode == 0 else []
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+        names = listed.stdout.split() if listed.returncode == 0 else []
+    except OSError:  # no git
+        names = []
     if not names:
-        names = [p.name for p in ROOT.iterdir() if not p.name.startswith(".")]
+        ignored = [line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+                   if line.strip() and not line.startswith("#")]
+        names = [p.name for p in ROOT.iterdir() if not p.name.startswith(".")
+                 and not any(fnmatch.fnmatch(p.name, pattern) for pattern in ignored)]
     return {name.split("/")[0] for name in names} - {".venv"}
 
 
