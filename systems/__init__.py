@@ -1,5 +1,6 @@
 """The systems that segment: the EEN's fast layers, the three baselines, and the seam between them.
 
+    een.py             the efficient embedding network (the paper's; model.py is its command)
     families.py        what a system brings (network, loss, sampler, whole-case inference), by name
     baselines.py       the baseline modules by family name (what model.py builds for them)
     kermi2018.py       2D residual U-Net on 128x128 axial patches, GDL + weighted CE, SGD
@@ -12,6 +13,6 @@
 Every baseline module offers the functions families.py gathers into a Family: build, loss,
 metrics, optimizer, callbacks, prepare_case, examples, predict_case, postprocess.
 
-May import brats/, util/, datasets/, scoring/, and model.py and losses.py (the EEN's definition);
-model.py imports fast_layers.py and baselines.py only, so no import runs in a circle.
+May import brats/, util/, datasets/, scoring/ and losses.py (the EEN's loss); never a command.
+een.py imports fast_layers.py and baselines.py only, so no import runs in a circle.
 """

@@ -1,5 +1,5 @@
-"""The baseline systems by family name (config.model.family), without the EEN: what model.py
-needs to build any system without importing families.py, which builds the EEN from model.py."""
+"""The baseline systems by family name (config.model.family), without the EEN: what een.py
+needs to build any system without importing families.py, which builds the EEN from een.py."""
 from __future__ import annotations
 
 from types import ModuleType

@@ -15,7 +15,7 @@ predicted_labels(model, case, modalities, config) (its batches: examples.py); pr
 
 Targets are always the cache's nested regions (..., 3) WT, TC, ET: each loss and metric turns
 them into its system's coding, so that the Dice logs (dice_wt, dice_tc, dice_et) mean the same
-for every family. The EEN entry wraps model.py and losses.py unchanged; its per-modality
+for every family. The EEN entry wraps systems/een.py and losses.py unchanged; its per-modality
 ensembles, flip TTA and plateau schedule stay in train.py and predict.py.
 """
 from __future__ import annotations
@@ -46,10 +46,10 @@ class Family:
     postprocess: Callable  # (labels (X, Y, Z) uint8, config) -> labels
 
 
-# ---- the EEN, as model.py, losses.py, train.py and predict.py run it --------------------------
+# ---- the EEN, as systems/een.py, losses.py, train.py and predict.py run it ----------------------
 
 def _een_build(config: Config):
-    from model import build_model
+    from systems.een import build_model
 
     return build_model(config)
 

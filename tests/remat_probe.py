@@ -23,7 +23,7 @@ def main(argv: list) -> int:
     import keras
     import numpy as np
 
-    import model as een
+    from systems import een
     from util.config import load_config
 
     def build(levels):

@@ -4,7 +4,7 @@ import csv
 import numpy as np
 
 import analyze
-import model as een
+from systems import een
 from util.config import load_config
 
 

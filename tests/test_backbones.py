@@ -3,7 +3,8 @@ import keras
 import numpy as np
 import pytest
 
-import model as een
+import model
+from systems import een
 from util.config import load_config
 
 NEW_FAMILIES = ["EfficientNetV2B0", "EfficientNetV2S", "ResNet50V2", "DenseNet121", "ConvNeXtTiny",
@@ -87,6 +88,6 @@ def test_summary_cli_builds_each_new_family(tmp_path, capsys):
         path = tmp_path / f"{name}.yaml"
         path.write_text(f"data: {{crop_size: [64, 64, 48]}}\n"
                         f"model: {{depth_factors: [2, 2, 4], backbone: {name}}}\n")
-        assert een.main(["--config", str(path), "--summary"]) == 0
+        assert model.main(["--config", str(path), "--summary"]) == 0
         out = capsys.readouterr().out
         assert f"{name.lower()}_encoder" in out and "compressed_image" in out

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from systems import families
-import model as een
+import model
+from systems import een
 import preprocess
 import synthetic
 from systems import bennaceur2020, kermi2018, unet3d_patches
@@ -66,7 +67,7 @@ def test_parameter_counts_at_full_size(full_models, name, variant, total, weight
 
 
 def test_summary_through_model_py(capsys):
-    assert een.main(["--config", "configs/kermi2018.yaml", "--summary"]) == 0
+    assert model.main(["--config", "configs/kermi2018.yaml", "--summary"]) == 0
     assert "Total params: 10,159,748" in capsys.readouterr().out
 
 
@@ -423,7 +424,7 @@ def test_unknown_family_on_the_command_line(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"model": {"family": "resnet"}}))
     with pytest.raises(SystemExit) as stop:
-        een.main(["--config", str(path)])
+        model.main(["--config", str(path)])
     assert stop.value.code == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "model.family: unknown family 'resnet'" in error

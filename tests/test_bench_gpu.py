@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import layers as layer_bench  # noqa: E402  (bench/layers.py)
-import model as een  # noqa: E402
+from systems import een  # noqa: E402
 from util.config import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-import model as een
+from systems import een
 from util.config import load_config
 from systems import fast_layers
 from systems.fast_layers import depth_folding

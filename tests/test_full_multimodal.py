@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-import model as een
+from systems import een
 from brats.cases import MODALITIES, find_cases, load_case
 from util.config import load_config
 from datasets import volumes

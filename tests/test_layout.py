@@ -7,14 +7,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("brats", "util", "datasets", "scoring", "systems", "peers")
-# What each package may import (besides itself); the network's own definition, model.py and
-# losses.py, may be imported by the package that builds and trains it.
+# What each package may import (besides itself); losses.py (the network's loss, a library module
+# on top by design) may be imported by the package that builds and trains the networks. No package
+# imports a command.
 ALLOWED = {
     "brats": set(),
     "util": {"brats"},
     "datasets": {"brats", "util"},
     "scoring": {"brats", "util"},
-    "systems": {"brats", "util", "datasets", "scoring", "model", "losses"},
+    "systems": {"brats", "util", "datasets", "scoring", "losses"},
     "peers": {"brats", "util", "datasets"},
 }
 MAX_TOP_LEVEL = 12

@@ -5,7 +5,7 @@ import pytest
 from keras import ops
 
 import losses
-import model as een
+from systems import een
 from util.config import load_config
 
 EPS = losses.DICE_EPS

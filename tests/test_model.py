@@ -5,7 +5,8 @@ import keras
 import numpy as np
 import pytest
 
-import model as een
+import model
+from systems import een
 from util.config import ConfigError, load_config
 
 
@@ -189,7 +190,7 @@ def test_fast_group_norm_on_a_full_size_map_is_close_to_float64():
 
 
 def test_model_summary_cli(capsys):
-    assert een.main(["--config", "configs/paper.yaml", "--summary"]) == 0
+    assert model.main(["--config", "configs/paper.yaml", "--summary"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert any("Total params: 14,420,730" in line for line in lines[-6:])
     assert any("compressed_image" in line for line in lines)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-import model as een
+from systems import een
 from util.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
