@@ -28,11 +28,33 @@ SHARED_WORKER = {
 }
 
 
+# Files whose parametrized tests are groups of their own (each overfit family on its own worker).
+SPLIT_BY_PARAMETER = {"test_overfit.py"}
+# Measured seconds of the longest groups (docs/test-durations.md), so that they start first: with
+# --no-loadscope-reorder (the Makefile) xdist hands out groups in collection order, and a long
+# group started last would leave the other worker idle at the end. A group not listed counts as 0.
+GROUP_SECONDS = {
+    "test_compare.py": 600, "test_compare_peers.py": 300, "full_size": 300,
+    "test_train.py": 300, "test_bench_gpu.py": 250, "test_baselines_pipeline.py": 200,
+    "test_overfit.py[een]": 150, "test_overfit.py[unet3d_patches]": 120,
+    "test_overfit.py[kermi2018]": 90, "test_overfit.py[bennaceur2020]": 60, "test_overfit.py": 60,
+    "test_backends.py": 150, "trained_run_writers": 120,
+}
+
+
+def group_of(item) -> str:
+    """The item's xdist group: its file, SHARED_WORKER's shared name, or file[parameter]."""
+    name = item.path.name
+    if name in SPLIT_BY_PARAMETER and hasattr(item, "callspec"):
+        return f"{name}[{item.callspec.id}]"
+    return SHARED_WORKER.get(name, name)
+
+
 def pytest_collection_modifyitems(items):
-    """xdist groups (with --dist loadgroup): a test file per worker, SHARED_WORKER's together."""
+    """xdist groups (with --dist loadgroup), the longest groups first (GROUP_SECONDS)."""
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(name, name)))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    items.sort(key=lambda item: -GROUP_SECONDS.get(group_of(item), 0))  # stable: file order kept
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
