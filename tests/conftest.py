@@ -1,8 +1,9 @@
 """Shared fixtures: synthetic cases are costly (about 2 s each), so they are made once per session.
 
 `make test` runs the suite on two pytest-xdist workers, the longest groups first. Each test file
-stays on one worker (its module fixtures are built once; each overfit family is a group of its own), the files with full-size networks share one worker (two
-full-size passes at once could exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
+stays on one worker (its module fixtures are built once; each overfit family is a group of its
+own), the files with full-size networks share one worker (two full-size passes at once could
+exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
 below are built once for both workers: the first to need one builds it under a file lock, the
 other waits and reuses it.
 """
