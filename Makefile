@@ -22,7 +22,7 @@ $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	touch $@
 
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
 
 demo: runtime
 	$(PY) demo.py --out $(DEMO)

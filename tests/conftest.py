@@ -1,8 +1,9 @@
 """Shared fixtures: synthetic cases are costly (about 2 s each), so they are made once per session.
 
-`make test` runs the suite on two pytest-xdist workers. Each test file stays on one worker (its
-module fixtures are built once), the files with full-size networks share one worker (two
-full-size passes at once could exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
+`make test` runs the suite on two pytest-xdist workers, the longest groups first. Each test file
+stays on one worker (its module fixtures are built once; each overfit family is a group of its
+own), the files with full-size networks share one worker (two full-size passes at once could
+exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
 below are built once for both workers: the first to need one builds it under a file lock, the
 other waits and reuses it.
 """
@@ -28,11 +29,34 @@ SHARED_WORKER = {
 }
 
 
+# Files whose parametrized tests are groups of their own (each overfit family on its own worker).
+SPLIT_BY_PARAMETER = {"test_overfit.py"}
+# Seconds of the longest groups, so that they start first: with --no-loadscope-reorder (the
+# Makefile) xdist hands out groups in collection order, and a long group started last leaves the
+# other worker idle at the end. The compare, peers, GPU-dry and overfit figures were measured on a
+# shared machine (docs/test-durations.md), the others are estimates; a group not listed counts 0.
+GROUP_SECONDS = {
+    "test_compare_peers.py": 800, "test_compare.py": 510, "test_bench_gpu.py": 480,
+    "full_size": 300, "test_train.py": 300, "test_baselines_pipeline.py": 200,
+    "test_overfit.py[een]": 250, "test_overfit.py[kermi2018]": 60,
+    "test_overfit.py[bennaceur2020]": 40, "test_overfit.py[unet3d_patches]": 20,
+    "test_overfit.py": 60, "test_backends.py": 150, "trained_run_writers": 120,
+}
+
+
+def group_of(item) -> str:
+    """The item's xdist group: its file, SHARED_WORKER's shared name, or file[parameter]."""
+    name = item.path.name
+    if name in SPLIT_BY_PARAMETER and hasattr(item, "callspec"):
+        return f"{name}[{item.callspec.id}]"
+    return SHARED_WORKER.get(name, name)
+
+
 def pytest_collection_modifyitems(items):
-    """xdist groups (with --dist loadgroup): a test file per worker, SHARED_WORKER's together."""
+    """xdist groups (with --dist loadgroup), the longest groups first (GROUP_SECONDS)."""
     for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group(SHARED_WORKER.get(name, name)))
+        item.add_marker(pytest.mark.xdist_group(group_of(item)))
+    items.sort(key=lambda item: -GROUP_SECONDS.get(group_of(item), 0))  # stable: file order kept
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:

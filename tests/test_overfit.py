@@ -60,6 +60,19 @@ def dice(truth: np.ndarray, predicted: np.ndarray) -> float:
     return 2 * np.sum(truth & predicted) / max(np.sum(truth) + np.sum(predicted), 1)
 
 
+class StopAtTheBar(keras.callbacks.Callback):
+    """Ends fit() after the first epoch (checked every `every`) whose training predictions pass
+    `passes(network)`: RUNS' epochs are a ceiling, the test's own bar is asserted after fit."""
+
+    def __init__(self, passes, every: int):
+        super().__init__()
+        self.passes, self.every = passes, every
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0 and self.passes(self.model):
+            self.model.stop_training = True
+
+
 @pytest.mark.parametrize("name", list(RUNS))
 def test_family_overfits_one_case(small_cache, name):
     path, rate, batch, epochs = RUNS[name]
@@ -78,10 +91,17 @@ def test_family_overfits_one_case(small_cache, name):
     family = families.family_of(config)
     network = family.build(config)
     network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
-    history = network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0)
-    outputs = np.asarray(network.predict(x, batch_size=batch, verbose=0), np.float32)
-    labels = regions_to_labels(output_regions(name, outputs, config), 0.5)
+
+    def labels_of(model) -> np.ndarray:
+        outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
+        return regions_to_labels(output_regions(name, outputs, config), 0.5)
+
+    stop = StopAtTheBar(lambda model: dice(y[..., 0] > 0, labels_of(model) > 0) >= 0.9,
+                        every=max(1, epochs // 20))
+    history = network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0,
+                          callbacks=[stop])
+    labels = labels_of(network)
     score = dice(y[..., 0] > 0, labels > 0)
     losses = history.history["loss"]
     assert score >= 0.9, f"{name}: training Dice WT {score:.3f}, loss {losses[0]:.3f} -> " \
-                         f"{losses[-1]:.3f} over {epochs} epochs"
+                         f"{losses[-1]:.3f} over {len(losses)} epochs"
