@@ -86,8 +86,8 @@ def stage_log(timings: dict):
         stage = next((s for s in STAGES if s in text), None)
         if stage and ("Starting" in text or "complete" in text.lower()):
             seconds = time.perf_counter() - start
-            timings[text.strip(" =-")] = round(seconds, 1)
-            print(f"  [{seconds:6.0f} s] {text.strip(' =-')}", flush=True)
+            timings[text.strip(" =-.")] = round(seconds, 1)
+            print(f"  [{seconds:6.0f} s] {text.strip(' =-.')}", flush=True)
 
     logger.remove()
     handler = logger.add(show, level="INFO")
