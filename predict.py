@@ -16,6 +16,11 @@ temporary name and renamed; cases already predicted are skipped unless --overwri
 reported in one line and skipped. An output that cannot be written (full disk) stops the run
 with one line; a rerun continues with the unfinished cases.
 
+A case made by prepare.py from a patient's raw series (its folder holds native/) also gets its
+labels on the patient's own T1c grid, `<case id>_native.nii.gz` (the input T1c's shape and affine,
+the same coding), and `<case id>_native.png`, the native T1c with the labels through the largest
+tumour component (docs/real-scans.md).
+
 A baseline run (model.family kermi2018, unet3d_patches, bennaceur2020) predicts with its one
 network through families.py: whole-grid inference of the system, 0/1 regions, the same labels
 and files; --postprocess switches Ben naceur's post-processings (default: the run's config):

@@ -14,6 +14,7 @@ Written, for case id CASE:
     CASE/native/transforms/<series>/*.mat     brainles' transforms (ANTs rigid), for native.py
     CASE/native/brain_mask.nii.gz             HD-BET's mask in SRI24 space
     CASE/native/prepare.json                  inputs, options, checks and seconds per stage
+    CASE/native/brainles.log                  brainles-preprocessing's own log
 """
 from __future__ import annotations
 
@@ -168,7 +169,16 @@ def prepare_patient(inputs: dict, case_id: str, out: Path, summaries: dict, mode
         work = temporary.with_name(f".tmp-{os.getpid()}-work")
         try:
             (case / "native").mkdir(parents=True)
-            run_brainles(inputs, case, work, mode, tta, device, timings)
+            try:
+                run_brainles(inputs, case, work, mode, tta, device, timings)
+            except (OSError, PrepareError):
+                raise
+            except Exception as error:  # ANTs, HD-BET and brainles raise many unrelated types
+                text = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise PrepareError(f"{inputs[CENTRE]}: brainles-preprocessing failed: "
+                                   f"{text}") from None
+            if (work / "brainles.log").is_file():
+                shutil.copyfile(work / "brainles.log", case / "native" / "brainles.log")
             for path in case.glob("*.nii.gz"):
                 squeeze(path)
             checks = check_outputs(case, inputs)
