@@ -40,6 +40,17 @@ MIN_COVERAGE = 0.5
 STAGES = ("Coregistration", "atlas registration", "brain extraction", "Preprocessing complete")
 
 
+def quiet_brainles() -> None:
+    """Import brainles-preprocessing without its notices: the citation banner and the warnings
+    that its optional registrators (elastix, greedy) are not installed."""
+    import warnings
+
+    os.environ.setdefault("BRAINLES_PREPROCESSING_CITATION_REMINDER", "false")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        import brainles_preprocessing.registration  # noqa: F401
+
+
 def atlas_path() -> Path:
     """The SRI24 atlas in BraTS space: $EEN_ATLAS, or <venv>/atlas/t1_brats_space.nii."""
     path = Path(os.environ.get("EEN_ATLAS") or Path(sys.prefix) / "atlas" / "t1_brats_space.nii")
@@ -101,7 +112,7 @@ def stage_log(timings: dict):
 def run_brainles(inputs: dict, case: Path, work: Path, mode: str, tta: bool, device: str,
                  timings: dict) -> None:
     """brainles-preprocessing's AtlasCentricPreprocessor on the four series -> files in `case`."""
-    os.environ.setdefault("BRAINLES_PREPROCESSING_CITATION_REMINDER", "false")
+    quiet_brainles()
     from brainles_preprocessing.modality import CenterModality, Modality
     from brainles_preprocessing.preprocessor import AtlasCentricPreprocessor
     from brainles_preprocessing.registration import ANTsRegistrator

@@ -38,6 +38,9 @@ def to_native(labels: np.ndarray, case_dir: Path, atlas_affine: np.ndarray) -> t
     labels: (240, 240, 155) integer labels on the prepared case's grid, whose affine is
     atlas_affine. Nearest-label resampling (genericLabel) keeps every value a label.
     """
+    from preparing.brainles import quiet_brainles
+
+    quiet_brainles()
     from brainles_preprocessing.registration import ANTsRegistrator
     from brainles_preprocessing.transform import Transform
     from loguru import logger
