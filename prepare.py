@@ -53,10 +53,19 @@ def prepare_one(case_id: str, series, args) -> str:
     summaries = check_all(series)
     from preparing.brainles import prepare_patient
 
-    if args.overwrite and (args.out / case_id).is_dir():
+    final = args.out / case_id
+    kept = final.with_name(f".old-{case_id}")
+    if final.is_dir():  # --overwrite: the old case stays until the new one is complete
+        final.rename(kept)
+    try:
+        prepare_patient(series, case_id, args.out, summaries, args.hd_bet, args.tta, args.device)
+    except BaseException:
+        if kept.is_dir():
+            kept.rename(final)
+        raise
+    if kept.is_dir():
         import shutil
-        shutil.rmtree(args.out / case_id)
-    prepare_patient(series, case_id, args.out, summaries, args.hd_bet, args.tta, args.device)
+        shutil.rmtree(kept)
     return "written"
 
 

@@ -250,3 +250,14 @@ def test_predict_writes_the_labels_on_the_patients_own_grid(prepared, trained_ru
     if atlas.any():  # the same tumour, in native voxels of 0.9 x 0.9 x 5.5 mm
         assert abs(np.count_nonzero(labels) * 0.9 * 0.9 * 5.5 / np.count_nonzero(atlas) - 1) < 0.25
     assert (out / f"{PATIENT}_native.png").stat().st_size > 10_000
+
+
+def test_a_failed_overwrite_keeps_the_case_already_there(series, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(brainles, "run_brainles", fake_brainles(1000))
+    monkeypatch.setattr(brainles, "atlas_path", lambda: tmp_path)
+    out = tmp_path / "out"
+    (out / "P1").mkdir(parents=True)
+    (out / "P1" / "P1-t1c.nii.gz").write_bytes(b"the earlier case")
+    one_line_error(capsys, prepare.main, args_for(series, out) + ["--overwrite"])
+    assert [p.name for p in out.iterdir()] == ["P1"]
+    assert (out / "P1" / "P1-t1c.nii.gz").read_bytes() == b"the earlier case"
