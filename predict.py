@@ -16,6 +16,11 @@ temporary name and renamed; cases already predicted are skipped unless --overwri
 reported in one line and skipped. An output that cannot be written (full disk) stops the run
 with one line; a rerun continues with the unfinished cases.
 
+A case made by prepare.py from a patient's raw series (its folder holds native/) also gets its
+labels on the patient's own T1c grid, `<case id>_native.nii.gz` (the input T1c's shape and affine,
+the same coding), and `<case id>_native.png`, the native T1c with the labels through the largest
+tumour component (docs/real-scans.md).
+
 A baseline run (model.family kermi2018, unet3d_patches, bennaceur2020) predicts with its one
 network through families.py: whole-grid inference of the system, 0/1 regions, the same labels
 and files; --postprocess switches Ben naceur's post-processings (default: the run's config):
@@ -40,10 +45,12 @@ import numpy as np  # noqa: E402
 from brats.cases import CaseError, find_cases, load_case  # noqa: E402
 from brats.codings import CODINGS, recode, regions_to_labels  # noqa: E402
 from datasets.volumes import full_grid, preprocess_case  # noqa: E402
+from preparing.native import has_native, native_folder, native_overlay, to_native  # noqa: E402
 from ensemble import combine, read_weights  # noqa: E402
 from systems import families  # noqa: E402
 from systems.networks import Network, load_network, network_files  # noqa: E402
 from util.config import Config, ConfigError  # noqa: E402
+from util.figures import save  # noqa: E402
 from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
 from util.portal import case_codings, describe_codings, record_codings, write_labels  # noqa: E402
 from util.runfolder import read_config  # noqa: E402
@@ -88,6 +95,7 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
         network = networks[0]
         labels = families.predicted_labels(network.activate(), case, network.modalities, config,
                                            args.et_min_voxels)
+        write_native(case, labels, coding, args.output)
         labels = recode(labels, "brats2020", coding)
         write_labels(labels, case, args.output / f"{case.id}.nii.gz")
         return labels
@@ -96,8 +104,9 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     cropped = combine({n.name: region_probabilities(n, arrays, args.tta) for n in networks},
                       args.weights)
     probabilities = full_grid(cropped, meta)
-    labels = recode(regions_to_labels(probabilities, args.threshold, args.et_min_voxels),
-                    "brats2020", coding)
+    labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
+    write_native(case, labels, coding, args.output)
+    labels = recode(labels, "brats2020", coding)
     if args.save_probabilities:
         with atomic(args.output / f"{case.id}_probabilities.npz") as temporary:
             np.savez_compressed(temporary, probabilities=cropped.astype(np.float16),
@@ -108,7 +117,22 @@ def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
     return labels
 
 
-# ---- label codings ----------------------------------------------------------------------------
+def write_native(case, labels: np.ndarray, coding: str, output: Path) -> None:
+    """For a case made by prepare.py: the labels (BraTS 2020 coding) on the patient's own T1c grid,
+    `<id>_native.nii.gz` in the case's coding, and `<id>_native.png`, its overlay on the T1c."""
+    case_dir = case.files.images["t1ce"].parent
+    if not has_native(case_dir):
+        return
+    import nibabel as nib
+
+    native, image = to_native(labels, case_dir, case.affine)
+    coded = nib.Nifti1Image(recode(native, "brats2020", coding), image.affine, image.header)
+    with atomic(output / f"{case.id}_native.nii.gz") as temporary:
+        nib.save(coded, str(temporary))
+    t1c = nib.load(native_folder(case_dir) / "t1c.nii.gz")
+    save(native_overlay(t1c, native, f"{case.id}: labels on the native T1c"),
+         output / f"{case.id}_native.png")
+
 
 # ---- command line -----------------------------------------------------------------------------
 

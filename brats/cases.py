@@ -7,6 +7,11 @@ Every reader returns images on the original grid as float32 and labels in the Br
 (0 background, 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour), whatever the layout
 stored: the label conversion is explicit per layout, because a wrong mapping silently trains the
 wrong regions. Problems with a case raise `CaseError`, a one-line message naming the case and file.
+
+Real scans read right: scaled images (scl_slope) are read scaled; a constant non-zero background
+(the value of all eight corners, such as -1000 or 100) becomes 0, the background every later step
+expects; an image stored in another orientation than BraTS's (L, P, S voxel axes) is held in
+BraTS's, and `Case.to_file_grid` turns labels back onto the file's grid.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import nibabel as nib
 import numpy as np
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
+BRATS_ORIENTATION = ("L", "P", "S")  # the voxel axes of every BraTS release (affine diag(-1, -1, 1))
 BRATS_LABELS = (0, 1, 2, 4)
 NII_SUFFIXES = (".nii.gz", ".nii")
 
@@ -73,19 +79,29 @@ class CaseFiles:
 
 @dataclass
 class Case:
-    """One case loaded on its original grid (BraTS: 240x240x155).
+    """One case loaded on its original grid (BraTS: 240x240x155) in BraTS orientation.
 
     `stored` keeps each image as the file holds it (often int16), so that preprocessing converts
     only the cropped part; `images` gives the float32 arrays (X, Y, Z), converted on first use.
+    `affine` is the arrays' (the file's, reoriented when the file's axes are not L, P, S);
+    `file_affine` and `header` the file's, which to_file_grid and write_labels return to.
     """
 
     id: str
     layout: str
-    stored: dict  # modality -> array as stored in the file (X, Y, Z)
+    stored: dict  # modality -> array as stored in the file (X, Y, Z), in BraTS orientation
     seg: np.ndarray | None  # uint8 (X, Y, Z) in BraTS 2020 coding, or None
     affine: np.ndarray
     header: nib.Nifti1Header
     files: CaseFiles = field(repr=False, default=None)
+    file_affine: np.ndarray | None = None  # None: the file is in BraTS orientation already
+
+    def to_file_grid(self, array: np.ndarray) -> np.ndarray:
+        """(X, Y, Z, ...) in BraTS orientation -> the file's own voxel order."""
+        if self.file_affine is None:
+            return array
+        return nib.orientations.apply_orientation(array, _reorientation(self.affine,
+                                                                        self.file_affine))
 
     @functools.cached_property
     def images(self) -> dict:
@@ -186,6 +202,30 @@ def read_nifti(path: Path, what: str) -> tuple:
     return img, data
 
 
+def _reorientation(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform from the voxel axes of affine `source` to those of `target`."""
+    return nib.orientations.ornt_transform(nib.orientations.io_orientation(source),
+                                           nib.orientations.io_orientation(target))
+
+
+def to_brats_orientation(affine: np.ndarray, shape: tuple) -> tuple:
+    """(orientation transform or None, reoriented affine) taking a file's axes to L, P, S."""
+    target = nib.orientations.axcodes2ornt(BRATS_ORIENTATION)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine), target)
+    if (ornt == [[0, 1], [1, 1], [2, 1]]).all():
+        return None, affine
+    return ornt, affine @ nib.orientations.inv_ornt_aff(ornt, shape[:3])
+
+
+def zero_background(data: np.ndarray) -> np.ndarray:
+    """A constant non-zero background (all eight corners one value) set to 0; else unchanged."""
+    corners = data[np.ix_(*[(0, n - 1) for n in data.shape[:3]])]
+    value = corners.flat[0]
+    if value == 0 or not (corners == value).all():
+        return data
+    return np.where(data == value, np.zeros((), data.dtype), data)
+
+
 def _check_finite(case_id: str, name: str, data: np.ndarray) -> None:
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
@@ -227,6 +267,7 @@ def _load_images(files: CaseFiles) -> tuple:
             images[modality] = data
     for modality, data in images.items():
         _check_finite(files.id, modality, data)
+        images[modality] = data = zero_background(data)
         if not data.any():
             raise CaseError(f"{files.id}: {modality} image is all zero")
     return images, reference
@@ -273,7 +314,13 @@ def load_case(files: CaseFiles) -> Case:
     header = reference.header.copy()
     if files.layout == "msd":
         header.set_data_shape(header.get_data_shape()[:3])
-    return Case(files.id, files.layout, images, seg, reference.affine.copy(), header, files)
+    ornt, affine = to_brats_orientation(reference.affine, reference.shape)
+    if ornt is None:
+        return Case(files.id, files.layout, images, seg, reference.affine.copy(), header, files)
+    images = {m: nib.orientations.apply_orientation(a, ornt) for m, a in images.items()}
+    seg = None if seg is None else nib.orientations.apply_orientation(seg, ornt)
+    return Case(files.id, files.layout, images, seg, affine, header, files,
+                file_affine=reference.affine.copy())
 
 
 def case_id_from_filename(name: str) -> str:

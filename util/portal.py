@@ -20,10 +20,11 @@ from util.outputs import atomic
 
 
 def write_labels(labels: np.ndarray, case, path: Path) -> None:
-    """uint8 NIfTI with the input's affine and header, through a temporary name."""
+    """uint8 NIfTI on the input file's grid (its voxel order, affine and header), atomically."""
     header = case.header.copy()
     header.set_data_dtype(np.uint8)
-    image = nib.Nifti1Image(labels, case.affine, header)
+    affine = case.affine if case.file_affine is None else case.file_affine
+    image = nib.Nifti1Image(np.ascontiguousarray(case.to_file_grid(labels)), affine, header)
     image.header.set_slope_inter(1, 0)
     with atomic(path) as temporary:
         nib.save(image, str(temporary))
