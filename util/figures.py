@@ -156,5 +156,5 @@ def intensity_histograms(groups: dict, title: str = ""):
             ax.hist(values[modality], bins=bins, density=True, histtype="step", label=name)
         ax.set(title=modality, xlabel="z-score over the brain")
     axes[0, 0].legend(fontsize=7)
-    figure.suptitle(title)
+    figure.suptitle(title, y=1.04)
     return figure
