@@ -181,8 +181,10 @@ def tumour(rng: np.random.Generator, maps: dict, kind: str) -> np.ndarray:
                            rng.uniform(1.8, 4.0), core, rng.uniform(0.3, 0.7))
             _merge(labels, *found)
         return labels
-    deep = (maps["wm"] > 0.6) & ndimage.binary_erosion(brain, iterations=10)
-    sites = np.argwhere(deep[::2, ::2, ::2]) * 2
+    # Gliomas grow in the white matter, deep or just under the cortex (many LGGs are
+    # cortical-subcortical): centres in white matter at least 5 mm inside the brain.
+    hemispheres = (maps["wm"] > 0.5) & ndimage.binary_erosion(brain, iterations=5)
+    sites = np.argwhere(hemispheres[::2, ::2, ::2]) * 2
     sites = sites[sites[:, 2] > maps["brain"].shape[2] // 4]  # above the skull base
     for number in range(2 if rng.random() < 0.15 else 1):
         radius = rng.uniform(8, 20) if number == 0 else rng.uniform(5, 9)
