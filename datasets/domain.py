@@ -12,7 +12,8 @@ wm, brain, float32 (X, Y, Z)); `images` maps each modality to float32 (X, Y, Z) 
 2. its tumour: a glioma with an enhancing rim and necrosis (HGG), a glioma whose whole core is
    non-enhancing and FLAIR-bright (LGG), or 1-5 small enhancing metastases with large edema;
 3. per modality, one mean per tissue drawn from the range real scans show relative to white
-   matter (CONTRAST_RANGES), a tissue texture, partial volumes at the tumour border;
+   matter (CONTRAST_RANGES; the lesion's defining signal above the parenchyma: ABOVE_PARENCHYMA),
+   a tissue texture, partial volumes at the tumour border;
 4. per modality, the acquisition: gamma, a smooth bias field, thick axial slices (p 0.6, 3-7 mm,
    clinical series are 5 mm) resampled back to 1 mm, in-plane blur, Rician noise;
 5. once per case: bright vessels and choroid plexus on T1ce (enhancing but not tumour), and a
@@ -34,15 +35,21 @@ CONTRAST_RANGES = {
               "necrosis": (0.2, 0.5), "nonenhancing": (0.5, 0.8), "enhancing": (0.55, 0.95),
               "vessel": (0.6, 1.1), "extra": (0.3, 1.6)},
     "t1ce":  {"csf": (0.15, 0.45), "gm": (0.6, 0.85), "edema": (0.55, 0.85),
-              "necrosis": (0.2, 0.55), "nonenhancing": (0.5, 0.85), "enhancing": (1.3, 2.2),
+              "necrosis": (0.2, 0.55), "nonenhancing": (0.5, 0.85),
               "vessel": (1.3, 2.4), "extra": (0.3, 1.8)},
-    "t2":    {"csf": (2.0, 4.0), "gm": (1.15, 1.6), "edema": (1.5, 2.6),
-              "necrosis": (2.0, 3.6), "nonenhancing": (1.6, 2.8), "enhancing": (1.2, 2.0),
+    "t2":    {"csf": (2.0, 4.0), "gm": (1.15, 1.6),
+              "necrosis": (2.0, 3.6), "enhancing": (1.2, 2.0),
               "vessel": (0.3, 0.8), "extra": (0.5, 2.5)},
-    "flair": {"csf": (0.15, 0.6), "gm": (1.05, 1.4), "edema": (1.4, 2.4),
-              "necrosis": (0.4, 1.5), "nonenhancing": (1.3, 2.2), "enhancing": (1.1, 1.9),
+    "flair": {"csf": (0.15, 0.6), "gm": (1.05, 1.4),
+              "necrosis": (0.4, 1.5), "enhancing": (1.1, 1.9),
               "vessel": (0.3, 0.8), "extra": (0.4, 2.0)},
 }
+# What defines a lesion on each modality is brighter than the brain around it: these tissues are
+# drawn relative to the brighter of grey and white matter (edema and an LGG's core on T2 and
+# FLAIR, enhancing tumour on T1ce), so that no case hides its lesion in the parenchyma.
+ABOVE_PARENCHYMA = {"t1ce": {"enhancing": (1.3, 2.2)},
+                    "t2": {"edema": (1.2, 2.0), "nonenhancing": (1.25, 2.1)},
+                    "flair": {"edema": (1.25, 2.0), "nonenhancing": (1.2, 1.9)}}
 KINDS = ("glioma-hgg", "glioma-lgg", "metastases")
 KIND_SHARES = (0.45, 0.25, 0.30)
 THICK_SLICES = 0.6  # share of series acquired as thick axial slices
@@ -202,6 +209,9 @@ def render(rng: np.random.Generator, maps: dict, labels: np.ndarray, kind: str, 
     """float32 (X, Y, Z): one modality with its own tissue means, texture and acquisition."""
     means = {t: rng.uniform(*r) for t, r in CONTRAST_RANGES[modality].items()}
     means["wm"] = 1.0
+    parenchyma = max(means["gm"], means["wm"])
+    means.update({t: parenchyma * rng.uniform(*r)
+                  for t, r in ABOVE_PARENCHYMA.get(modality, {}).items()})
     box = _brain_box(maps["brain"] + rim > 0, margin=2)
     sub = lambda a: a[box]  # noqa: E731
     labels = sub(labels)
