@@ -17,6 +17,16 @@ tumour: the tumour contrast of the compressed image (what the backbone sees) and
 image (what the 2D decoder hands back): |mean inside the tumour's depth projection - mean over the
 rest of the brain| / standard deviation over the rest of the brain, averaged over the 3 channels
 (each a depth slab). The table is also written to RUN/ablation.csv.
+
+Cases without labels (a real scan in BraTS space; docs/synthetic-to-real.md):
+
+    python analyze.py --run runs/synth2real --unlabelled real_cases --out report/
+
+segments each case with every network of the run and with their plain average, and writes
+report/unlabelled.csv (voxels per region, voxels inside the lesion a FLAIR threshold shows, Dice
+against it: scoring/unlabelled.py), report/<case>_overlays.png (each label map on each modality)
+and report/intensity_histograms.png (z-scored brain intensities of the cases next to the run's
+training cache and any --compare cache: does the synthetic world cover what real scans show?).
 """
 from __future__ import annotations
 
@@ -33,8 +43,9 @@ quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines sta
 import numpy as np  # noqa: E402
 
 from util.config import Config, ConfigError  # noqa: E402
+from brats.cases import CaseError  # noqa: E402
 from datasets.cache import Cache, CacheError  # noqa: E402
-from util.outputs import atomic, check_file, exits_cleanly  # noqa: E402
+from util.outputs import atomic, check_file, check_folder, exits_cleanly  # noqa: E402
 from util.runfolder import (loading, network_weights, read_config, read_network,  # noqa: E402
                             read_split)
 
@@ -188,14 +199,72 @@ def format_table(reports: list) -> str:
 
 def write_csv(reports: list, path: Path) -> None:
     """All rows to `path` through a temporary name."""
-    rows = [row for report in reports for row in report.rows()]
+    write_rows([row for report in reports for row in report.rows()], path)
+
+
+def cache_intensities(cache: Cache, modalities: tuple, cases: int = 8) -> dict:
+    """modality -> z-scored brain values of the first `cases` cases of a preprocess cache."""
+    ids = cache.ids[:cases]
+    return {m: np.concatenate([v[v != 0] for v in (np.asarray(cache.image(i, (m,)))[..., 0]
+                                                   for i in ids)]) for m in modalities}
+
+
+def unlabelled_report(run: Path, cases: Path, out: Path, lesion_z: float, compare: list) -> list:
+    """Rows of every network of `run` and their average on every case under `cases`; writes the
+    overlays and the intensity histograms under `out`."""
+    from brats.cases import find_cases, load_case
+    from brats.codings import regions_to_labels
+    from datasets.volumes import full_grid, preprocess_case
+    from ensemble import combine
+    from predict import region_probabilities
+    from scoring.unlabelled import flair_lesion, region_report
+    from systems.networks import load_network, network_files
+    from util import figures
+
+    config = read_config(run)
+    found = find_cases(cases)
+    if not found:
+        raise CaseError(f"{cases}: no BraTS cases found")
+    models = {}
+    networks = [load_network(*spec, config, "float32", models)
+                for spec in network_files(run, None, None)]
+    data, rows = config.data, []
+    real = {m: [] for m in config.data.modalities}
+    for files in found:
+        case = load_case(dataclasses.replace(files, seg=None))
+        arrays, meta = preprocess_case(case, tuple(data.crop_size), data.crop_mode, data.downsample)
+        for modality in real:
+            real[modality].append(arrays[modality][arrays[modality] != 0])
+        per_network = {n.name: region_probabilities(n, arrays, False) for n in networks}
+        per_network["average"] = combine(per_network)
+        labels = {name: regions_to_labels(full_grid(p, meta)) for name, p in per_network.items()}
+        lesion = flair_lesion(case.images["flair"], lesion_z)
+        rows += [{"case": case.id, "network": name, **region_report(label_map, lesion)}
+                 for name, label_map in labels.items()]
+        centre = figures.tumour_centre(lesion.astype(np.uint8))
+        shown = {f"FLAIR > {lesion_z:g} sd": lesion, **labels}
+        figures.save(figures.modality_overlays(case.images, shown, centre,
+                                               f"{case.id}: {run.name} networks, axial z={centre[2]}"),
+                     out / f"{case.id}_overlays.png")
+    groups = {f"{cases.name} (real)": {m: np.concatenate(v) for m, v in real.items()},
+              f"{run.name} training cache": cache_intensities(Cache(read_split(run)["cache"]),
+                                                              tuple(real))}
+    for other in compare:
+        groups[f"{other.name}"] = cache_intensities(Cache(other), tuple(real))
+    figures.save(figures.intensity_histograms(groups, "z-scored brain intensities"),
+                 out / "intensity_histograms.png")
+    return rows
+
+
+def write_rows(rows: list, path: Path) -> None:
+    """Dicts with the same keys to a CSV at `path`, through a temporary name."""
     with atomic(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
-@exits_cleanly(ConfigError, CacheError)
+@exits_cleanly(ConfigError, CacheError, CaseError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -203,10 +272,27 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--run", type=Path, required=True, help="run folder written by train.py")
     parser.add_argument("--data", type=Path, help="preprocess cache (default: the run's own)")
     parser.add_argument("--networks", help="comma list of networks (default: all of the run)")
-    parser.add_argument("--out", type=Path, help="CSV to write (default RUN/ablation.csv)")
+    parser.add_argument("--out", type=Path,
+                        help="CSV to write (default RUN/ablation.csv); with --unlabelled the "
+                             "report's folder (default RUN/unlabelled)")
+    parser.add_argument("--unlabelled", type=Path,
+                        help="BraTS cases without labels (real scans): segment and report them")
+    parser.add_argument("--lesion-z", type=float, default=2.0,
+                        help="--unlabelled: the FLAIR yardstick's threshold in brain standard "
+                             "deviations (default 2)")
+    parser.add_argument("--compare", type=Path, action="append", default=[],
+                        help="--unlabelled: another preprocess cache for the histograms")
     args = parser.parse_args(argv)
     if not (args.run / "config.yaml").is_file() or not (args.run / "split.json").is_file():
         raise ConfigError(f"{args.run}: not a run folder (no config.yaml and split.json)")
+    if args.unlabelled:
+        out = check_folder(args.out or args.run / "unlabelled")
+        rows = unlabelled_report(args.run, args.unlabelled, out, args.lesion_z, args.compare)
+        print("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]))
+        print("\n".join("| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows))
+        write_rows(rows, out / "unlabelled.csv")
+        print(f"written: {out / 'unlabelled.csv'}, overlays and intensity_histograms.png")
+        return 0
     out = check_file(args.out or args.run / "ablation.csv")
     reports = analyze_run(args.run, args.data, args.networks.split(",") if args.networks else None)
     print(format_table(reports))

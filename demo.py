@@ -1,9 +1,11 @@
 """The whole pipeline end to end on synthetic BraTS-like cases: `make demo` runs this.
 
     python demo.py --out demo
+    python demo.py --config configs/synth2real.yaml --out demo_synth2real   # for real scans
 
-1. write 24 training and 6 validation cases (validation ground truth kept apart)
-2. preprocess the training cases for configs/small.yaml
+1. write 24 training and 6 validation cases (validation ground truth kept apart; the config's
+   `synthetic` section says how many, and from which world: plain, or randomised for real scans)
+2. preprocess the training cases for the config (configs/small.yaml unless told)
 3. train the four modality networks (FLAIR, T1, T1ce, T2)
 4. predict the validation cases with the four-network ensemble
 5. score them the BraTS way
@@ -26,9 +28,10 @@ quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines sta
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
+from util.config import ConfigError, load_config  # noqa: E402
 from util.outputs import check_folder, exits_cleanly  # noqa: E402
 
-CONFIG = Path("configs/small.yaml")
+CONFIG = Path("configs/small.yaml")  # the default; --config picks another (its name names the run)
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
 
@@ -41,9 +44,11 @@ def done(start: float) -> None:
     print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def make_data(out: Path, train_cases: int, validation_cases: int, seed: int) -> None:
-    """Training and validation cases; each set is written as `<name>.partial` and renamed when
-    complete, so a set that a full disk interrupted is written again by the next demo."""
+def make_data(out: Path, train_cases: int, validation_cases: int, seed: int,
+              world: str = "plain") -> None:
+    """Training and validation cases of synthetic.py's `world`; each set is written as
+    `<name>.partial` and renamed when complete, so a set that a full disk interrupted is written
+    again by the next demo."""
     import synthetic
     from tqdm import tqdm
 
@@ -54,7 +59,7 @@ def make_data(out: Path, train_cases: int, validation_cases: int, seed: int) -> 
             continue
         partial = folder.with_name(f"{folder.name}.partial")
         written = synthetic.write_dataset(partial, cases, seed + validation, "brats2020", validation,
-                                          out / "validation_ground_truth", jobs=2)
+                                          out / "validation_ground_truth", jobs=2, world=world)
         list(tqdm(written, total=cases, desc=folder.name, unit="case"))
         partial.rename(folder)
 
@@ -97,31 +102,42 @@ def draw_figures(out: Path, run: Path, predictions: Path, data: Path, cache: Pat
     return written
 
 
-@exits_cleanly()
+@exits_cleanly(ConfigError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
     parser.add_argument("--out", type=Path, default=Path("demo"))
-    parser.add_argument("--train-cases", type=int, default=24)
-    parser.add_argument("--validation-cases", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=12,
-                        help="epochs per network (default 12: the demo's 15-minute CPU budget)")
+    parser.add_argument("--config", type=Path, default=CONFIG,
+                        help=f"network, training and synthetic cases (default {CONFIG}); "
+                             "configs/synth2real.yaml trains for real scans")
+    parser.add_argument("--train-cases", type=int,
+                        help="override synthetic.train_cases (small.yaml: 24)")
+    parser.add_argument("--validation-cases", type=int,
+                        help="override synthetic.validation_cases (small.yaml: 6)")
+    parser.add_argument("--epochs", type=int,
+                        help="epochs per network (small.yaml: 12, the demo's 15-minute CPU budget)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    config = load_config(args.config)
+    synthetic_cases = config.synthetic
+    epochs = args.epochs or config.train.epochs
     out = check_folder(args.out)
-    data, cache, run = out / "data", out / "cache", out / "runs" / "small"
+    data, cache, run = out / "data", out / "cache", out / "runs" / config.name
     predictions, results = out / "predictions", out / "results.csv"
     begin = time.perf_counter()
 
     start = step("1/7 synthetic BraTS-like cases")
-    make_data(data, args.train_cases, args.validation_cases, args.seed)
+    make_data(data, args.train_cases or synthetic_cases.train_cases,
+              args.validation_cases or synthetic_cases.validation_cases, args.seed,
+              synthetic_cases.world)
     done(start)
 
     import preprocess
 
     start = step("2/7 preprocess")
-    status = preprocess.main([str(data / "train"), str(cache), "--config", str(CONFIG), "--jobs", "2"])
+    status = preprocess.main([str(data / "train"), str(cache), "--config", str(args.config),
+                              "--jobs", "2"])
     done(start)
     if status:
         return status
@@ -130,8 +146,8 @@ def main(argv: list | None = None) -> int:
 
     start = step("3/7 train the four modality networks (one process, one traced model)")
     resume = ["--resume"] if list(run.glob("*/state.json")) else []
-    status = train.main(["--config", str(CONFIG), "--data", str(cache), "--out", str(run),
-                         "--modality", "all", "--epochs", str(args.epochs), "--verbose", "2",
+    status = train.main(["--config", str(args.config), "--data", str(cache), "--out", str(run),
+                         "--modality", "all", "--epochs", str(epochs), "--verbose", "2",
                          *resume])
     done(start)
     if status:

@@ -2,6 +2,7 @@
 
     python synthetic.py data/synthetic --cases 24 --seed 0 --layout brats2020
     python synthetic.py data/validation --cases 6 --seed 1 --validation   # ground truth kept apart
+    python synthetic.py data/synth2real --cases 48 --world randomised     # domain randomisation
 
 Anatomy is real: the MNI152 2009 template that nilearn ships (grey matter, white matter and brain
 masks at 1 mm), placed in the BraTS 240x240x155 1 mm grid with the BraTS orientation. Four contrasts
@@ -10,6 +11,10 @@ bright; T1ce: enhancing rim bright), with a smooth bias field, noise and a per-c
 scale, stored as int16. Tumours are irregular blobs inside the brain with a necrotic core (1), an
 enhancing rim (4) and edema (2); about a quarter have no enhancing tumour (LGG-like) and a fifth
 are multifocal. Files are named and coded as the chosen release stores them (SPEC.md 5b).
+
+`--world randomised` draws every case from a world of its own instead (datasets/domain.py,
+docs/synthetic-to-real.md): the anatomy deformed, per-tissue intensities, bias, slice thickness,
+noise and skull stripping randomised per modality, gliomas and metastases.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from brats.cases import LAYOUTS, MODALITIES, MSD_CHANNELS
+from datasets import domain
 from util.outputs import atomic, check_folder, exits_cleanly
 
 GRID = (240, 240, 155)
@@ -41,6 +47,7 @@ CONTRAST = {
     "flair": {"csf": 0.12, "gm": 0.66, "wm": 0.52, "edema": 1.05, "necrosis": 0.55, "enhancing": 0.85},
 }
 LGG_SHARE, MULTIFOCAL_SHARE = 0.25, 0.2
+WORLDS = ("plain", "randomised")  # this module's one template world, or datasets/domain.py's
 
 
 @dataclass
@@ -50,6 +57,7 @@ class SyntheticCase:
     images: dict
     labels: np.ndarray
     grade: str  # "HGG" or "LGG" (LGG-like cases have no enhancing tumour)
+    kind: str = "glioma"  # randomised world: glioma-hgg, glioma-lgg or metastases
 
 
 @functools.lru_cache(maxsize=1)
@@ -77,13 +85,6 @@ def anatomy() -> dict:
     return placed
 
 
-def smooth_noise(rng: np.random.Generator, shape: tuple, coarse: int = 6) -> np.ndarray:
-    """A smooth random field in about [-1, 1]: coarse Gaussian noise upsampled to `shape`."""
-    small = rng.standard_normal([max(2, s // coarse) for s in shape]).astype(np.float32)
-    field = ndimage.zoom(small, [s / c for s, c in zip(shape, small.shape)], order=3)
-    return field[tuple(slice(0, s) for s in shape)] / 1.5
-
-
 def tumour_labels(rng: np.random.Generator, brain: np.ndarray, tissue: np.ndarray, lgg: bool,
                   centre: np.ndarray, radius: float) -> tuple:
     """(labels in a box, the box's slices): an irregular tumour whose core has radius `radius`.
@@ -102,8 +103,8 @@ def tumour_labels(rng: np.random.Generator, brain: np.ndarray, tissue: np.ndarra
     # An ellipsoid with random axes, so that shapes vary beyond the noise.
     stretch = rng.uniform(0.75, 1.3, size=3)
     distance = np.sqrt(sum(((g - c) / s) ** 2 for g, c, s in zip(grids, centre, stretch))) / radius
-    core = distance * (1 + 0.3 * smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
-    outer = distance * (1 + 0.35 * smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
+    core = distance * (1 + 0.3 * domain.smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
+    outer = distance * (1 + 0.35 * domain.smooth_noise(rng, shape, coarse=max(3, int(radius // 2))))
     labels = np.zeros(shape, np.uint8)
     labels[(outer < edema_reach) & (tissue[box] > 0.35)] = 2
     if lgg:
@@ -152,7 +153,7 @@ def render(rng: np.random.Generator, labels: np.ndarray, modality: str) -> np.nd
     if tumour.any():
         box = ndimage.find_objects(tumour.astype(np.uint8))[0]
         box = tuple(slice(max(b.start - 3, 0), b.stop + 3) for b in box)
-        texture = 1 + 0.08 * smooth_noise(rng, labels[box].shape, coarse=4)
+        texture = 1 + 0.08 * domain.smooth_noise(rng, labels[box].shape, coarse=4)
         inside = np.zeros(labels[box].shape, np.float32)
         mixed = np.zeros(labels[box].shape, np.float32)
         for label, name in ((2, "edema"), (1, "necrosis"), (4, "enhancing")):
@@ -173,9 +174,11 @@ def draw_kind(rng: np.random.Generator) -> tuple:
 
 
 @functools.lru_cache(maxsize=4)
-def make_case(seed: int, index: int) -> SyntheticCase:
-    """The synthetic case number `index` of data set `seed` (deterministic for both)."""
+def make_case(seed: int, index: int, world: str = "plain") -> SyntheticCase:
+    """The synthetic case number `index` of data set `seed` (deterministic for the three)."""
     rng = np.random.default_rng([seed, index])
+    if world == "randomised":
+        return randomised_case(rng)
     lgg, multifocal = draw_kind(rng)
     labels = place_tumours(rng, lgg, multifocal)
     shift = rng.integers(-4, 5, size=2)
@@ -183,6 +186,17 @@ def make_case(seed: int, index: int) -> SyntheticCase:
     images = {m: np.roll(render(rng, np.roll(labels, -shift, axis=(0, 1)), m), shift, axis=(0, 1))
               for m in MODALITIES}
     return SyntheticCase(images, labels, "LGG" if lgg else "HGG")
+
+
+def randomised_case(rng: np.random.Generator) -> SyntheticCase:
+    """A case of the randomised world (datasets/domain.py), scaled and stored as int16."""
+    images, labels, kind = domain.randomised_case(rng, anatomy())
+    stored = {}
+    for modality in MODALITIES:
+        image = images[modality]
+        scale = rng.uniform(150, 2500) / max(float(np.percentile(image[image > 0], 50)), 1e-3)
+        stored[modality] = np.clip(np.rint(image * scale), 0, 32767).astype(np.int16)
+    return SyntheticCase(stored, labels, "LGG" if kind == "glioma-lgg" else "HGG", kind)
 
 
 def case_id(layout: str, index: int, validation: bool) -> str:
@@ -258,9 +272,9 @@ def proportions(written: list) -> dict:
 
 
 def write_case(out: Path, seed: int, index: int, layout: str, validation: bool,
-               gt_dir: Path | None) -> Written:
+               gt_dir: Path | None, world: str = "plain") -> Written:
     """Generate and write case `index`; its labels go to gt_dir instead when validating."""
-    case = make_case(seed, index)
+    case = make_case(seed, index, world)
     cid = case_id(layout, index, validation)
     images, seg_path = case_files(out, layout, cid, case.grade, validation)
     if layout == "msd":
@@ -281,11 +295,12 @@ def default_gt_dir(out: Path) -> Path:
 
 
 def write_dataset(out: Path, cases: int, seed: int, layout: str = "brats2020",
-                  validation: bool = False, gt_dir: Path | None = None, jobs: int = 1):
-    """Write `cases` synthetic cases under `out`, yielding each as a `Written` when done."""
+                  validation: bool = False, gt_dir: Path | None = None, jobs: int = 1,
+                  world: str = "plain"):
+    """Write `cases` synthetic cases of `world` under `out`, yielding each as a `Written`."""
     out = Path(out)
     task = functools.partial(write_case, out, seed, layout=layout, validation=validation,
-                             gt_dir=Path(gt_dir) if gt_dir else default_gt_dir(out))
+                             gt_dir=Path(gt_dir) if gt_dir else default_gt_dir(out), world=world)
     indices = range(1, cases + 1)
     if jobs == 1:
         yield from map(task, indices)
@@ -308,6 +323,9 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--gt-dir", type=Path,
                         help="ground-truth folder for --validation (default OUT_ground_truth)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    parser.add_argument("--world", choices=WORLDS, default="plain",
+                        help="plain: the template world; randomised: domain randomisation per "
+                             "case for training that transfers to real scans (default plain)")
     args = parser.parse_args(argv)
     if args.cases < 1:
         parser.error("--cases must be at least 1")
@@ -318,7 +336,7 @@ def main(argv: list | None = None) -> int:
     if args.validation:
         check_folder(gt_dir)
     cases = write_dataset(args.out, args.cases, args.seed, args.layout, args.validation, gt_dir,
-                          args.jobs)
+                          args.jobs, args.world)
     written = list(tqdm(cases, total=args.cases, desc="synthetic cases", unit="case"))
     print(f"wrote {len(written)} {args.layout} cases to {args.out}"
           + (f" (labels in {gt_dir})" if args.validation else ""))

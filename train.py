@@ -65,17 +65,20 @@ def cache_sampler(cache: Cache, modalities: tuple):
 
 
 def make_dataset(cache: Cache, ids: list, modalities: tuple, batch: int, seed: int = 0,
-                 shuffle: bool = False, augment: bool = False, shard: tuple = (0, 1)):
+                 shuffle: bool = False, augment: bool = False, shard: tuple = (0, 1),
+                 randomise: bool = False):
     """pipeline.CaseBatches of (image (b, H, W, D, C), regions (b, H, W, D, 3)) float32.
 
-    batch is the global batch, b this process's share of it (shard). Training (shuffle): each
+    batch is the global batch, b this process's share of it (shard). randomise: every training
+    image seen through another acquisition (datasets.domain.jitter). Training (shuffle): each
     epoch's cases in pipeline.epoch_order, the epoch set by the callback epoch_callback() gives
     to fit, so a resumed run sees the same sequence as an uninterrupted one; the last incomplete
     batch is dropped. Validation: the cases once, in order.
     """
     from datasets.pipeline import CaseBatches
 
-    return CaseBatches(cache_sampler(cache, modalities), ids, batch, seed, shuffle, augment, shard)
+    return CaseBatches(cache_sampler(cache, modalities), ids, batch, seed, shuffle, augment, shard,
+                       randomise=randomise)
 
 
 def validation_ids(ids: list, replicas: int, backend: str) -> list:
@@ -215,7 +218,7 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
             model = compiled_model(network_config, args.jit, resume_from,
                                    state.get("learning_rate"), shared)
         train_data = make_dataset(cache, train_ids, modalities, batch, config.train.seed, True,
-                                  config.train.augment, placement.shard)
+                                  config.train.augment, placement.shard, config.train.randomise)
         val_data = make_dataset(cache, val_ids, modalities, batch,
                                 shard=placement.shard) if val_ids else None
     if from_best:

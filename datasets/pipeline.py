@@ -6,7 +6,7 @@
 
 `sample(case_id) -> (image, target)` reads one case (for this project: the memory-mapped
 preprocess cache, train.cache_sampler). A batch is a pure function of (epoch, index): the order of
-an epoch is a permutation fixed by (seed, epoch) and a case's augmentation by (seed, epoch,
+an epoch is a permutation fixed by (seed, epoch) and a case's augmentation (and randomise's domain.jitter) by (seed, epoch,
 position), so a resumed run sees the same batches as an uninterrupted one, whatever the timing of
 the reader threads. Thread workers, never processes: process workers hang with JAX on GPUs.
 
@@ -20,6 +20,8 @@ from typing import Callable
 
 import keras
 import numpy as np
+
+from datasets.domain import jitter
 
 Sampler = Callable[[str], tuple]  # case id -> (image (H, W, D, C), target (H, W, D, K)) arrays
 
@@ -51,12 +53,13 @@ class CaseBatches(keras.utils.PyDataset):
 
     def __init__(self, sample: Sampler, ids: list, batch: int, seed: int = 0,
                  shuffle: bool = False, augment: bool = False, shard: tuple = (0, 1),
-                 workers: int = 2, max_queue_size: int = 4):
+                 workers: int = 2, max_queue_size: int = 4, randomise: bool = False):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size)
         if batch % shard[1]:
             raise ValueError(f"global batch {batch} does not split over {shard[1]} processes")
         self.sample, self.ids, self.batch = sample, list(ids), batch
         self.seed, self.shuffle, self.augment, self.shard = seed, shuffle, augment, shard
+        self.randomise = randomise  # domain.jitter every training image (another acquisition)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -89,6 +92,8 @@ class CaseBatches(keras.utils.PyDataset):
             if self.augment:
                 rng = np.random.default_rng([self.seed, self.epoch, int(position)])
                 image, target = augment(image, target, rng)
+            if self.randomise:
+                image = jitter(image, np.random.default_rng([self.seed, self.epoch, int(position), 1]))
             images.append(image)
             targets.append(target)
         return (np.stack(images).astype(np.float32, copy=False),

@@ -106,3 +106,42 @@ def test_damaged_run_files_are_one_line_before_scoring(trained_run, tmp_path, ca
     assert "network.json: names modalities t2" in refused(
         lambda run: (run / "flair" / "network.json").write_text('{"modalities": ["t2"]}'))
     assert "best.weights.h5: damaged" in refused(lambda run: cut(run / "flair" / "best.weights.h5"))
+
+
+def test_flair_yardstick_and_region_report():
+    from scoring.unlabelled import flair_lesion, region_report
+
+    rng = np.random.default_rng(0)
+    flair = np.zeros((40, 40, 30), np.float32)
+    flair[5:35, 5:35, 5:25] = rng.normal(100, 5, (30, 30, 20))
+    flair[10:18, 10:18, 10:16] += 60  # the lesion
+    flair[30, 30, 20] += 80  # a single bright voxel: not a lesion
+    lesion = flair_lesion(flair, 2.0)
+    assert lesion.sum() > 0.75 * 8 * 8 * 6 and not lesion[30, 30, 20]
+    labels = np.zeros(flair.shape, np.uint8)
+    labels[10:18, 10:18, 10:16] = 2
+    labels[12:16, 12:16, 12:14] = 4
+    report = region_report(labels, lesion)
+    assert report["WT"] == 8 * 8 * 6 and report["ET"] == report["TC"] == 4 * 4 * 2
+    assert report["WT in lesion"] == lesion.sum() and report["Dice WT vs lesion"] > 0.85
+    assert region_report(np.zeros_like(labels), lesion)["Dice WT vs lesion"] == 0.0
+
+
+def test_a_case_without_labels_is_reported_with_overlays(trained_run, tmp_path, capsys):
+    """analyze.py --unlabelled: per network and their average, voxels per region and overlap
+    with the FLAIR yardstick, overlays and intensity histograms written."""
+    import synthetic
+
+    cases = tmp_path / "cases"
+    list(synthetic.write_dataset(cases, 1, 23, "brats2020", validation=True))
+    out = tmp_path / "report"
+    assert analyze.main(["--run", str(trained_run), "--unlabelled", str(cases), "--out",
+                         str(out)]) == 0
+    with open(out / "unlabelled.csv") as handle:
+        rows = {row["network"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"flair", "average"}
+    assert int(rows["flair"]["WT in lesion"]) > 0 and float(rows["flair"]["Dice WT vs lesion"]) > 0.2
+    case_id = synthetic.case_id("brats2020", 1, True)
+    assert (out / f"{case_id}_overlays.png").stat().st_size > 10_000
+    assert (out / "intensity_histograms.png").is_file()
+    assert "| flair |" in capsys.readouterr().out

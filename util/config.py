@@ -33,6 +33,15 @@ class DataConfig:
     modalities: tuple = MODALITIES
 
 
+@dataclass
+class SyntheticConfig:
+    """The synthetic cases demo.py trains on (synthetic.py): which world, how many cases."""
+
+    world: str = "plain"  # "plain" (the template world) or "randomised" (datasets/domain.py)
+    train_cases: int = 24
+    validation_cases: int = 6
+
+
 FAMILIES = ("een", "kermi2018", "unet3d_patches", "bennaceur2020")  # families.py's registry
 
 
@@ -88,6 +97,7 @@ class TrainConfig:
     dice_per_channel: bool = True  # soft Dice per region, then averaged (False: over all regions)
     validation_fraction: float = 0.2
     augment: bool = False
+    randomise: bool = False  # each training image through another acquisition (domain.jitter)
     seed: int = 0
 
 
@@ -145,7 +155,7 @@ class BennaceurConfig:
 BASELINE_SECTIONS = {"kermi2018": KermiConfig, "unet3d_patches": UNet3DConfig,
                      "bennaceur2020": BennaceurConfig}
 EEN_ONLY_TRAIN = ("optimizer", "learning_rate", "plateau_factor", "plateau_patience", "schedule",
-                  "warmup_epochs", "dice_per_channel", "augment")
+                  "warmup_epochs", "dice_per_channel", "augment", "randomise")
 
 
 @dataclass
@@ -154,6 +164,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     kermi2018: KermiConfig = field(default_factory=KermiConfig)
     unet3d_patches: UNet3DConfig = field(default_factory=UNet3DConfig)
     bennaceur2020: BennaceurConfig = field(default_factory=BennaceurConfig)
@@ -211,6 +222,12 @@ def validate(config: Config, where: str = "config") -> Config:
     if model.family not in FAMILIES:
         raise ConfigError(f"{where}: model.family: unknown family {model.family!r} "
                           f"(known: {', '.join(FAMILIES)})")
+    if config.synthetic.world not in ("plain", "randomised"):
+        raise ConfigError(f"{where}: synthetic.world must be plain or randomised, "
+                          f"got {config.synthetic.world!r}")
+    if config.synthetic.train_cases < 2 or config.synthetic.validation_cases < 1:
+        raise ConfigError(f"{where}: synthetic.train_cases must be at least 2 and "
+                          f"validation_cases at least 1")
     if not 0 <= train.validation_fraction < 1:
         raise ConfigError(f"{where}: train.validation_fraction must be in [0, 1)")
     if model.family != "een":
@@ -327,7 +344,8 @@ def check_family_keys(values: dict, where: str) -> None:
 
 def config_from_dict(values: dict, where: str = "config") -> Config:
     values = dict(values or {})
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, **BASELINE_SECTIONS}
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                "synthetic": SyntheticConfig, **BASELINE_SECTIONS}
     unknown = sorted(set(values) - set(sections) - {"name"})
     if unknown:
         raise ConfigError(f"{where}: unknown key {', '.join(unknown)} "

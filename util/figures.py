@@ -123,3 +123,38 @@ def feature_maps(volume: np.ndarray, compressed: np.ndarray, decoded: np.ndarray
             axes[r, c].axis("off")
     figure.suptitle(title)
     return figure
+
+
+def modality_overlays(images: dict, rows: dict, centre: tuple, title: str = ""):
+    """One axial slice through `centre` of every modality (columns), each row one label map
+    overlaid (rows: name -> BraTS labels (X, Y, Z); a bool mask is drawn as edema green)."""
+    figure, axes = plt.subplots(len(rows), len(images), figsize=(2.6 * len(images), 2.7 * len(rows)),
+                                squeeze=False)
+    for column, (modality, image) in enumerate(images.items()):
+        low, high = np.percentile(image[image != 0], (1, 99)) if image.any() else (0, 1)
+        for row, (name, labels) in enumerate(rows.items()):
+            labels = labels.astype(np.uint8) * 2 if labels.dtype == bool else labels
+            ax = axes[row, column]
+            ax.imshow(_slice(image, 2, centre[2]), cmap="gray", vmin=low, vmax=high)
+            ax.imshow(_slice(label_overlay(labels), 2, centre[2]))
+            ax.set_title(f"{name} on {modality}", fontsize=8)
+            ax.axis("off")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in LABEL_COLOURS.values()]
+    figure.legend(handles, LABEL_NAMES.values(), loc="lower center", ncol=3, fontsize=8)
+    figure.suptitle(title)
+    return figure
+
+
+def intensity_histograms(groups: dict, title: str = ""):
+    """Density of z-scored brain intensities per modality (one panel each), one line per group:
+    groups name -> {modality: 1D values} (e.g. real scans, plain and randomised synthetic)."""
+    modalities = list(next(iter(groups.values())))
+    figure, axes = plt.subplots(1, len(modalities), figsize=(3.4 * len(modalities), 3), squeeze=False)
+    bins = np.linspace(-4, 6, 81)
+    for ax, modality in zip(axes[0], modalities):
+        for name, values in groups.items():
+            ax.hist(values[modality], bins=bins, density=True, histtype="step", label=name)
+        ax.set(title=modality, xlabel="z-score over the brain")
+    axes[0, 0].legend(fontsize=7)
+    figure.suptitle(title, y=1.04)
+    return figure
