@@ -345,7 +345,8 @@ def main(argv=None) -> int:
         root = Path(folder)
         sizes = DRY if args.dry else FULL
         make_cases(root, sizes["grid"])
-        make_run(root, sizes["een_config"])
+        if any(ROWS[key][0] == "een" for key in keys):
+            make_run(root, sizes["een_config"])
         for key in keys:
             arguments = ["--row", key, "--root", root, "--threads", args.threads]
             results[key] = run_row(__file__, arguments + (["--dry"] if args.dry else []),
