@@ -92,10 +92,10 @@ def snapshot(folder: Path) -> dict:
 def test_the_2025_interface_on_a_read_only_input_without_network(tiny_run, cases, tmp_path):
     data = tmp_path / "input"
     shutil.copytree(cases, data)
-    bad = data / "BraTS-GLI-00077-000"
-    shutil.copytree(data / "BraTS-GLI-10000-000", bad)
+    bad, source = data / "BraTS-GLI-00077-000", sorted(data.iterdir())[0]
+    shutil.copytree(source, bad)
     for path in bad.iterdir():
-        path.rename(bad / path.name.replace("GLI-10000", "GLI-00077"))
+        path.rename(bad / path.name.replace(source.name, bad.name))
     (bad / "BraTS-GLI-00077-000-t2w.nii.gz").write_bytes(b"truncated")
     for path in (data, *data.rglob("*")):
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
