@@ -1,5 +1,5 @@
-"""The GPU benchmark of the paper's training step and of one case's inference: one table, every row in
-one run (the training rows <= 8 minutes; the infer-* rows add a few).
+"""The GPU benchmark of the paper's training step and of one case's inference: one table, every
+row in one run (the training rows <= 8 minutes; the infer-* rows add a few).
 
     python bench/gpu.py --out bench/results            # on a GPU machine (JAX and PyTorch)
     python bench/gpu.py --dry --out /tmp/gpu-dry       # on a CPU: a tiny config, every row once
