@@ -1,10 +1,11 @@
 # make test: set up .venv and run the whole test suite.  make demo: the pipeline end to end.
+# make container RUN=runs/paper: the BraTS challenge image of a run (Docker; docs/container.md).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: setup runtime atlas test demo bench clean
+.PHONY: setup runtime atlas test demo bench container clean
 
 # runtime: what the tools need (requirements.txt); setup adds the tests' and notebooks' packages
 # and the other Keras backends (requirements-dev.txt, about a minute more to install).
@@ -44,5 +45,15 @@ demo: runtime
 bench: runtime
 	$(PY) bench/preprocess.py
 
+# IMAGE: the image's name; TENSORFLOW=cpu: a CPU-only image (smaller; default gpu, CPU fallback).
+IMAGE ?= een-brats
+TENSORFLOW ?= gpu
+CONTEXT := build/container
+
+container: runtime
+	@test -n "$(RUN)" || { echo "usage: make container RUN=runs/paper [IMAGE=een-brats] [TENSORFLOW=gpu|cpu]"; exit 2; }
+	$(PY) container/entrypoint.py stage --run $(RUN) --out $(CONTEXT)
+	docker build -t $(IMAGE) --build-arg TENSORFLOW=$(TENSORFLOW) -f $(CONTEXT)/container/Dockerfile $(CONTEXT)
+
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache build/container

@@ -28,10 +28,9 @@ import numpy as np  # noqa: E402
 from util.config import ConfigError  # noqa: E402
 from datasets.cache import Cache, CacheError  # noqa: E402
 from util.outputs import atomic, check_file, exits_cleanly  # noqa: E402
-from util.runfolder import read_config, read_json, read_split, refusal  # noqa: E402
+from systems.inference import REGIONS, WEIGHTS_FILE, combine, read_weights  # noqa: E402,F401
+from util.runfolder import read_config, read_split  # noqa: E402
 
-REGIONS = ("WT", "TC", "ET")
-WEIGHTS_FILE = "ensemble_weights.json"
 
 
 def simplex_grid(count: int, step: float) -> np.ndarray:
@@ -69,43 +68,6 @@ def fit_weights(probabilities: dict, regions: list, step: float = 0.1) -> dict:
         chosen = grid[best[np.argmin(np.abs(grid[best] - plain).sum(axis=1))]]
         fitted[region] = {n: round(float(w), 6) for n, w in zip(names, chosen)}
     return fitted
-
-
-def combine(probabilities: dict, weights: dict | None = None) -> np.ndarray:
-    """(H, W, D, 3) ensemble of network name -> (H, W, D, 3) probabilities.
-
-    weights None: the plain average (the paper). Otherwise weights[region][name] per region; a
-    network the weights do not name is an error (the run and its weights file disagree).
-    """
-    names = list(probabilities)
-    if weights is None:
-        return np.mean([probabilities[n] for n in names], axis=0)
-    missing = [n for n in names if any(n not in weights[r] for r in REGIONS)]
-    if missing:
-        raise ConfigError(f"ensemble weights name no weight for {', '.join(missing)} "
-                          f"(refit with ensemble.py)")
-    channels = [sum(weights[region][n] * probabilities[n][..., r] for n in names)
-                for r, region in enumerate(REGIONS)]
-    return np.stack(channels, axis=-1).astype(np.float32)
-
-
-def read_weights(run: Path, names: list | None = None) -> dict:
-    """The fitted weights of a run: per region a weight for each network of `names` (when
-    given: the networks predicting); one clear error otherwise."""
-    path = run / WEIGHTS_FILE
-    refit = f"fit them again: python ensemble.py --run {run}"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no fitted ensemble weights (run: python ensemble.py --run {run})")
-    weights = read_json(path, {"weights": dict}, refit)["weights"]
-    for region in REGIONS:
-        given = weights.get(region)
-        if not isinstance(given, dict) or not given or not all(
-                isinstance(w, (int, float)) and not isinstance(w, bool) for w in given.values()):
-            raise refusal(path, f"damaged (no weights for {region})", refit)
-        if names is not None and sorted(given) != sorted(names):
-            raise refusal(path, f"fitted for {', '.join(given)}, this prediction uses "
-                                f"{', '.join(names)}", f"{refit}, or use --ensemble plain")
-    return weights
 
 
 def held_out_probabilities(run: Path, data: Path | None) -> tuple:

@@ -30,8 +30,6 @@ and files; --postprocess switches Ben naceur's post-processings (default: the ru
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import itertools
 import sys
 import time
 from pathlib import Path
@@ -40,98 +38,19 @@ from util.console import quiet_tensorflow
 
 quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
-import numpy as np  # noqa: E402
-
-from brats.cases import CaseError, find_cases, load_case  # noqa: E402
-from brats.codings import CODINGS, recode, regions_to_labels  # noqa: E402
-from datasets.volumes import full_grid, preprocess_case  # noqa: E402
-from preparing.native import has_native, native_folder, native_overlay, to_native  # noqa: E402
-from ensemble import combine, read_weights  # noqa: E402
+from brats.cases import CaseError, find_cases  # noqa: E402
+from brats.codings import CODINGS  # noqa: E402
+from preparing.native import write_native  # noqa: E402
 from systems import families  # noqa: E402
-from systems.networks import Network, load_network, network_files  # noqa: E402
+from systems.inference import flips, predict_case, read_weights, region_probabilities  # noqa: E402,F401
+from systems.networks import load_network, network_files  # noqa: E402
 from util.config import Config, ConfigError  # noqa: E402
-from util.figures import save  # noqa: E402
-from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
-from util.portal import case_codings, describe_codings, record_codings, write_labels  # noqa: E402
+from util.outputs import check_folder, exits_cleanly  # noqa: E402
+from util.portal import case_codings, describe_codings, record_codings  # noqa: E402
 from util.runfolder import read_config  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 WRITABLE_CODINGS = tuple(c for c in CODINGS if c != "brats2024-men-rt")  # GTV is no glioma region
-
-
-# ---- one case ---------------------------------------------------------------------------------
-
-def flips(tta: bool) -> list:
-    """Axis tuples to mirror over: none, or all 8 combinations of H, W, D."""
-    if not tta:
-        return [()]
-    return [axes for n in range(4) for axes in itertools.combinations((0, 1, 2), n)]
-
-
-def region_probabilities(network: Network, arrays: dict, tta: bool) -> np.ndarray:
-    """(H, W, D, 3) region probabilities of one network on one preprocessed case."""
-    from losses import classes_to_regions
-
-    volume = np.stack([arrays[m] for m in network.modalities], axis=-1)[None]
-    total = np.zeros(volume.shape[1:4] + (3,), np.float32)
-    model = network.activate()
-    for axes in flips(tta):
-        flipped = np.flip(volume, [a + 1 for a in axes]) if axes else volume
-        output = np.asarray(model.predict_on_batch(np.ascontiguousarray(flipped)), np.float32)[0]
-        if network.activation == "softmax":
-            output = np.asarray(classes_to_regions(output), np.float32)
-        total += np.flip(output, axes) if axes else output
-    return total / len(flips(tta))
-
-
-def predict_case(files, networks: list, config: Config, args) -> np.ndarray:
-    """Segment one case, write its file(s) and return its label map.
-
-    The label map is written last: its presence marks the case finished for a rerun.
-    """
-    case = load_case(dataclasses.replace(files, seg=None))  # labels unread: any edition's will do
-    coding = getattr(args, "codings", {}).get(case.id, "brats2020")  # default: the 2020 coding
-    if config.model.family != "een":  # a baseline: its own whole-grid inference, no TTA
-        network = networks[0]
-        labels = families.predicted_labels(network.activate(), case, network.modalities, config,
-                                           args.et_min_voxels)
-        write_native(case, labels, coding, args.output)
-        labels = recode(labels, "brats2020", coding)
-        write_labels(labels, case, args.output / f"{case.id}.nii.gz")
-        return labels
-    data = config.data
-    arrays, meta = preprocess_case(case, tuple(data.crop_size), data.crop_mode, data.downsample)
-    cropped = combine({n.name: region_probabilities(n, arrays, args.tta) for n in networks},
-                      args.weights)
-    probabilities = full_grid(cropped, meta)
-    labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
-    write_native(case, labels, coding, args.output)
-    labels = recode(labels, "brats2020", coding)
-    if args.save_probabilities:
-        with atomic(args.output / f"{case.id}_probabilities.npz") as temporary:
-            np.savez_compressed(temporary, probabilities=cropped.astype(np.float16),
-                                crop_offsets=meta["crop_offsets"], downsample=meta["downsample"],
-                                original_shape=meta["original_shape"],
-                                regions=np.array(["WT", "TC", "ET"]))
-    write_labels(labels, case, args.output / f"{case.id}.nii.gz")
-    return labels
-
-
-def write_native(case, labels: np.ndarray, coding: str, output: Path) -> None:
-    """For a case made by prepare.py: the labels (BraTS 2020 coding) on the patient's own T1c grid,
-    `<id>_native.nii.gz` in the case's coding, and `<id>_native.png`, its overlay on the T1c."""
-    case_dir = case.files.images["t1ce"].parent
-    if not has_native(case_dir):
-        return
-    import nibabel as nib
-
-    native, image = to_native(labels, case_dir, case.affine)
-    coded = nib.Nifti1Image(recode(native, "brats2020", coding), image.affine, image.header)
-    with atomic(output / f"{case.id}_native.nii.gz") as temporary:
-        nib.save(coded, str(temporary))
-    t1c = nib.load(native_folder(case_dir) / "t1c.nii.gz")
-    save(native_overlay(t1c, native, f"{case.id}: labels on the native T1c"),
-         output / f"{case.id}_native.png")
 
 
 # ---- command line -----------------------------------------------------------------------------
@@ -214,7 +133,7 @@ def main(argv: list | None = None) -> int:
                 continue
             start = time.perf_counter()
             try:
-                predict_case(files, networks, config, args)
+                predict_case(files, networks, config, args, write_native)
             except CaseError as error:
                 bar.write(f"error: {error}", file=sys.stderr)
                 failed.append(files.id)

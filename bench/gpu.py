@@ -1,4 +1,5 @@
-"""The GPU benchmark of the paper's training step: one table, every row in one run, <= 8 minutes.
+"""The GPU benchmark of the paper's training step and of one case's inference: one table, every
+row in one run (the training rows <= 8 minutes; the infer-* rows add a few).
 
     python bench/gpu.py --out bench/results            # on a GPU machine (JAX and PyTorch)
     python bench/gpu.py --dry --out /tmp/gpu-dry       # on a CPU: a tiny config, every row once
@@ -11,6 +12,10 @@ Rows, each in a process of its own (its backend, XLA flags and peak memory its o
     fit     `fit` steps/s on JAX bf16, fed by the project's PyDataset (train.make_dataset) from a
             synthetic full-size cache made first (its making not timed)
     layers  the ten costliest rows of bench/layers.py (JAX bf16, the backbone timed as one block)
+    infer-* what one full-size case costs to segment (bench/inference.py's rows): the EEN `paper`
+            ensemble of four networks (JAX float32 and bf16, bf16 with flip TTA), nnU-Net v2's
+            predictor on one 3d_fullres fold without and with mirroring, MONAI's SegResNet
+            bundle window (PyTorch); s/case, the first case's seconds and TFLOP per case
 Rows compile side by side (--parallel processes, compilation is CPU work) and take turns for the
 timed calls (a file lock), so no timing shares the GPU. A row past --row-timeout seconds is
 reported as such. Results: a table on stdout, gpu.json and gpu.md under --out.
@@ -44,6 +49,12 @@ ROWS = {
     "torch-bf16": ("torch", "mixed_bfloat16", "fast", "", "step"),
     "jax-bf16-fit": ("jax", "mixed_bfloat16", "fast", "", "fit"),
     "jax-bf16-layers": ("jax", "mixed_bfloat16", "fast", "", "layers"),
+    "een-infer-f32": ("jax", "float32", "fast", "", "infer-een"),
+    "een-infer-bf16": ("jax", "mixed_bfloat16", "fast", "", "infer-een"),
+    "een-infer-bf16-tta": ("jax", "mixed_bfloat16", "fast", "", "infer-een-tta"),
+    "nnunet-infer": ("torch", "float32", "nnU-Net", "", "infer-nnunet"),
+    "nnunet-infer-mirror": ("torch", "float32", "nnU-Net", "", "infer-nnunet-tta"),
+    "segresnet-infer": ("torch", "float32", "MONAI", "", "infer-segresnet"),
 }
 
 
@@ -157,7 +168,32 @@ def layers_row(args) -> dict:
             "peak_gb": peak_gb(), "device": device_name(), "first_call": float("nan")}
 
 
+def inference_row(args) -> dict:
+    """One of bench/inference.py's rows on the whole machine: a full-size case from its files
+    to its label file (--dry: the narrow networks of inference.py --dry)."""
+    import inference
+
+    system, tta = args.task.removeprefix("infer-").removesuffix("-tta"), args.task.endswith("-tta")
+    root = Path(tempfile.mkdtemp(prefix="gpu_infer_"))
+    sizes = inference.DRY if args.dry else inference.FULL
+    inference.make_cases(root, sizes["grid"])
+    options = argparse.Namespace(root=root, threads=os.cpu_count(), dry=args.dry)
+    if system == "een":
+        inference.make_run(root, sizes["een_config"])
+    else:
+        from peers.common import without_tensorflow
+
+        without_tensorflow()
+    with timing_turn(args.lock):
+        result = (inference.een_row(options, args.precision, tta) if system == "een" else
+                  inference.nnunet_row(options, tta) if system == "nnunet" else
+                  inference.segresnet_row(options))
+    return {**result, "device": f"{result['device']} ({system})"}
+
+
 def worker(args) -> dict:
+    if args.task.startswith("infer-"):
+        return inference_row(args)
     return {"step": step_row, "fit": fit_row, "layers": layers_row}[args.task](args)
 
 
@@ -189,7 +225,11 @@ def report(results: list, header: str) -> list[str]:
             continue
         ratio = f"{r['seconds'] / before:.2f}" if before else ""
         what = f"{r['seconds']:.4f}" + (f" ({r['steps_per_s']:.1f} steps/s, fit)" if r["task"] == "fit"
-                                        else " (whole step, layers row)" if r["task"] == "layers" else "")
+                                        else " (whole step, layers row)" if r["task"] == "layers"
+                                        else f" (s/case, {r['tflop']:.2f} TFLOP)"
+                                        if r["task"].startswith("infer-") else "")
+        if r["task"].startswith("infer-"):
+            ratio = ""  # a case, not a training step: bench/inference.py's ratios
         lines.append(f"| {r['row']} | {r['backend']} | {r['precision']} | {r['kernels']} | "
                      f"{r['flags']} | {what} | {ratio} | {r['peak_gb']:.2f} | {r['first_call']:.1f} |")
     for r in results:

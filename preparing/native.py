@@ -18,6 +18,9 @@ import nibabel as nib
 import numpy as np
 
 from brats.cases import CaseError, read_nifti
+from brats.codings import recode
+from util.figures import save
+from util.outputs import atomic
 
 CENTRE = "t1c"
 
@@ -118,3 +121,19 @@ def native_overlay(image: nib.Nifti1Image, labels: np.ndarray, title: str = ""):
     figure.legend(handles, LABEL_NAMES.values(), loc="lower center", ncol=3, fontsize=8)
     figure.suptitle(title + ("" if found else " (no tumour found: slices through the centre)"))
     return figure
+
+
+def write_native(case, labels: np.ndarray, coding: str, output: Path) -> None:
+    """For a case made by prepare.py (its folder holds native/): the labels (H, W, D, BraTS 2020
+    coding, BraTS space) on the patient's own T1c grid as `<id>_native.nii.gz` in the case's
+    coding, and `<id>_native.png`, their overlay on the native T1c. Other cases: nothing."""
+    case_dir = case.files.images["t1ce"].parent
+    if not has_native(case_dir):
+        return
+    native, image = to_native(labels, case_dir, case.affine)
+    coded = nib.Nifti1Image(recode(native, "brats2020", coding), image.affine, image.header)
+    with atomic(output / f"{case.id}_native.nii.gz") as temporary:
+        nib.save(coded, str(temporary))
+    t1c = nib.load(native_folder(case_dir) / "t1c.nii.gz")
+    save(native_overlay(t1c, native, f"{case.id}: labels on the native T1c"),
+         output / f"{case.id}_native.png")
