@@ -43,7 +43,7 @@ demo: runtime
 	$(PY) demo.py --out $(DEMO)
 
 bench: runtime
-	$(PY) bench/preprocess.py
+	$(PY) bench/preprocessing.py
 
 # IMAGE: the image's name; TENSORFLOW=cpu: a CPU-only image (smaller; default gpu, CPU fallback).
 IMAGE ?= een-brats

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rows import compiled_for_training, peak_gb, run_row, training_batch  # noqa: E402
+from harness import compiled_for_training, peak_gb, run_row, training_batch  # noqa: E402
 
 DEFAULT = ("EfficientNetB0,EfficientNetV2B0,EfficientNetV2S,ResNet50V2,DenseNet121,ConvNeXtTiny,"
            "MobileNetV3Large")

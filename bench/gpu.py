@@ -34,9 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project's modules before bench/'s namesakes (model, ...)
+sys.path.insert(0, str(ROOT))  # the project's packages and commands, for a script run as bench/NAME.py
 
-from rows import compiled_for_training, device_name, peak_gb, run_row, training_batch  # noqa: E402
+from harness import compiled_for_training, device_name, peak_gb, run_row, training_batch  # noqa: E402
 
 NHWC = "--xla_gpu_force_conv_nhwc=true"
 # key: (backend, precision, kernels, XLA flags, task)

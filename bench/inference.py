@@ -34,9 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the project's modules before bench/'s namesakes (model, ...)
+sys.path.insert(0, str(ROOT))  # the project's packages and commands, for a script run as bench/NAME.py
 
-from rows import run_row  # noqa: E402
+from harness import run_row  # noqa: E402
 
 # key: (system, precision, TTA)
 ROWS = {
@@ -114,7 +114,7 @@ def peak_gb(torch_device=None) -> float:
 def een_row(args, precision: str, tta: bool) -> dict:
     """predict_case on the first case (compiles) and the second (timed)."""
     import layers as layer_bench
-    from rows import device_name, peak_gb as keras_peak_gb
+    from harness import device_name, peak_gb as keras_peak_gb
     from systems.inference import flips, predict_case
     from systems.networks import load_network, network_files
     from util.config import load_config

@@ -184,7 +184,7 @@ def time_layer(layer, repeats: int, turn=contextlib.nullcontext) -> tuple[float,
 
 def whole_step(model, config, repeats: int, turn=contextlib.nullcontext) -> float:
     """Seconds of the network's compiled training step (Nadam, the project's loss), batch 1."""
-    from rows import compiled_for_training, training_batch
+    from harness import compiled_for_training, training_batch
 
     x, y = training_batch(config)
     compiled_for_training(model, config).train_on_batch(x, y)
@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import keras
 
-    from rows import device_name
+    from harness import device_name
 
     print(f"{args.config}, batch 1, {device_name()}, Keras {keras.__version__}"
           f"{', stock layers' if args.stock else ''}; best of {args.repeats} after a first call",

@@ -1,6 +1,6 @@
 """model.remat_levels: rematerialised 3D residual blocks compute the same step, on TF and JAX.
 
-The memory it saves is measured by bench/model.py (full size); here a tiny configuration checks
+The memory it saves is measured by bench/network.py (full size); here a tiny configuration checks
 that the option changes neither the function nor the gradient, nor the weights' count.
 """
 import os

@@ -1,6 +1,6 @@
 """Benchmark evaluate.py's conventions side by side: seconds per 240x240x155 case.
 
-    python bench/evaluate.py [--cases 4] [--repeats 2]
+    python bench/evaluation.py [--cases 4] [--repeats 2]
 
 Writes synthetic cases in the BraTS 2023 layout (ground truth `-seg`, ET = 3) and predictions
 that a network might give (the truth moved 2 voxels, ET partly lost, 40 stray specks of 1-60

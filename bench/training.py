@@ -1,6 +1,6 @@
 """Benchmark training: steps per second for the small and paper configs, input- or compute-bound.
 
-    python bench/train.py [--steps 3]
+    python bench/training.py [--steps 3]
 
 For each config, on synthetic cases preprocessed into a cache: (a) the input pipeline alone
 (batches per second out of train.make_dataset), (b) the compiled training step alone on a batch

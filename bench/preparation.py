@@ -1,7 +1,7 @@
 """Benchmark prepare.py on a real patient: seconds per patient, per HD-BET mode, against 5 minutes.
 
-    flock /tmp/een-heavy.lock python bench/prepare.py --patient ../shared/real/TCGA-FG-6692
-    python bench/prepare.py --patient P --modes fast          # only the fast mode
+    flock /tmp/een-heavy.lock python bench/preparation.py --patient ../shared/real/TCGA-FG-6692
+    python bench/preparation.py --patient P --modes fast          # only the fast mode
 
 Runs prepare.py once per mode (fast: one HD-BET network, no mirroring; accurate: five, mirrored)
 in one run, on the cores the machine has, and prints per mode the whole time, the time of each

@@ -1,10 +1,10 @@
 """Benchmark the network at full size, batch 1: forward and training-step time and peak memory.
 
-    python bench/model.py [--config configs/paper.yaml] [--repeats 2]
-    python bench/model.py --config configs/paper.yaml --tasks train --rows f32,f32-remat
-    python bench/model.py --config configs/full_multimodal.yaml --tasks forward --rows f32,bf16
-    python bench/model.py --config configs/full_multimodal.yaml --tasks train --rows bf16-remat
-    python bench/model.py --config configs/small.yaml --tasks train --rows f32-before,f32 \
+    python bench/network.py [--config configs/paper.yaml] [--repeats 2]
+    python bench/network.py --config configs/paper.yaml --tasks train --rows f32,f32-remat
+    python bench/network.py --config configs/full_multimodal.yaml --tasks forward --rows f32,bf16
+    python bench/network.py --config configs/full_multimodal.yaml --tasks train --rows bf16-remat
+    python bench/network.py --config configs/small.yaml --tasks train --rows f32-before,f32 \
         --backends tensorflow,jax     # every row under each backend, side by side
 
 Each row runs in its own process so that its peak memory is its own: max RSS (model and data
@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rows import device_name, peak_gb, run_row  # noqa: E402
+from harness import device_name, peak_gb, run_row  # noqa: E402
 
 
 def worker(args) -> dict:

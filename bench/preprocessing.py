@@ -1,6 +1,6 @@
 """Benchmark preprocessing against the bare nibabel load of the same files, and the cache loader.
 
-    python bench/preprocess.py [--cases 6]
+    python bench/preprocessing.py [--cases 6]
 
 Prints per-case seconds for (a) loading the five NIfTI files with nibabel and nothing else and
 (b) preprocess.process_case (load, checks, crop, z-score, regions, atomic cache write), measured

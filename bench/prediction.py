@@ -1,6 +1,6 @@
 """Benchmark prediction and evaluation on CPU: the four-network `paper` ensemble per case.
 
-    python bench/predict.py [--cases 2]
+    python bench/prediction.py [--cases 2]
 
 Builds a run folder with four `paper` networks (random weights; speed does not depend on them),
 then in separate processes, so that each peak memory is its own: (a) the baseline, four float32
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rows import peak_gb  # noqa: E402
+from harness import peak_gb  # noqa: E402
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 
