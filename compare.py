@@ -23,7 +23,11 @@ The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own too
 in the same measured processes, into the same predictions and rows.
 unet3d_patches_tuned first runs lr_range.py on the training cases (OUT/runs/<run>.lr_range.json)
 and trains with the chosen Adam rate (OUT/runs/<run>.yaml). The table's note column says what a
-row departs from, the chosen rate, and, for a row whose Dice WT stays below 0.6, why.
+row departs from, the chosen rate, and, for a row whose Dice WT stays below 0.6, the cause found
+in an earlier run (said to be one) and what this run's predictions hold: voxels per region
+against the truth, the healthy voxels marked, the false positives' share in tumour-free tiles
+(scoring/diagnosis.py); a row that predicts a region in no case says so too (nnU-Net: with the
+voxels of its own output files, before our conversion).
 """
 from __future__ import annotations
 
@@ -270,9 +274,23 @@ def compared(name: str, paths: dict, args) -> dict | None:
         return None
     row = {"system": name, **training, **prediction, **scores(name, paths),
            "peak_bytes": max(training["train_peak_bytes"], prediction["predict_peak_bytes"]),
-           "published": system.published}
+           "published": system.published, "measured": measured_figures(name, paths)}
     write_json(done, row)
     return row
+
+
+def measured_figures(name: str, paths: dict) -> dict:
+    """What the system's predictions hold (scoring/diagnosis.py); for nnU-Net also its own 3 mm
+    output files' voxels per region, before our conversion (OUT/predictions/<name>.nnunet)."""
+    from scoring import diagnosis
+
+    figures = diagnosis.measure(paths["predictions"] / name, paths["truth"])
+    own = paths["predictions"] / f"{name}.nnunet" / "output"
+    if SYSTEMS[name].peer == "peers.nnunet" and own.is_dir():
+        from peers.nnunet_data import own_voxels
+
+        figures["own_output"] = own_voxels(own)
+    return figures
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -309,14 +327,30 @@ def prepared_data(args) -> dict:
 # ---- the note column --------------------------------------------------------------------------------
 
 def note(row: dict) -> str:
-    """What the row is (a range test's chosen rate too) and, below LEARNS, why it does not learn."""
+    """What the row is (a range test's chosen rate too); below LEARNS, why it does not learn: the
+    cause written from an earlier run, said to be one, and what this run's predictions hold
+    (scoring/diagnosis.py), which is also given for a row that predicts a region in no case."""
+    from scoring import diagnosis
+
     system = SYSTEMS.get(row["system"], System("", ""))
     parts = [system.note] if system.note else []
     if "learning_rate" in row:
         parts.append(f"rate {row['learning_rate']:.2g} chosen in {row['lr_range_steps']} steps "
                      f"({row['lr_range_seconds']:.0f} s, outside the budget)")
-    if row["Dice_WT_mean"] < LEARNS:
-        parts.append(f"does not learn (Dice WT < {LEARNS:g}): {system.unlearned}")
+    figures = row.get("measured")
+    unlearned = row["Dice_WT_mean"] < LEARNS
+    if unlearned:
+        cause = system.unlearned
+        if cause != System.unlearned:
+            cause += " (an earlier diagnosis, from another run)"
+        parts.append(f"does not learn (Dice WT < {LEARNS:g}): {cause}")
+    if figures and (unlearned or figures["cases"] and any(
+            figures["missing"][r] == figures["cases"] for r in diagnosis.REGIONS)):
+        parts.append(diagnosis.describe(figures))
+        own = figures.get("own_output")
+        if own:
+            parts.append("nnU-Net's own output files: voxels per case " + ", ".join(
+                f"{r} {own[r]:,.0f}" for r in diagnosis.REGIONS) + " (3 mm voxels x 27)")
     return "; ".join(parts)
 
 
