@@ -44,6 +44,7 @@ quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines sta
 
 import numpy as np  # noqa: E402
 
+from scoring import diagnosis  # noqa: E402
 from scoring.comparison import chart, markdown, write_csv  # noqa: E402
 from util.measure import measured, write_json  # noqa: E402
 from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
@@ -282,15 +283,11 @@ def compared(name: str, paths: dict, args) -> dict | None:
 def measured_figures(name: str, paths: dict) -> dict:
     """What the system's predictions hold (scoring/diagnosis.py); for nnU-Net also its own 3 mm
     output files' voxels per region, before our conversion (OUT/predictions/<name>.nnunet)."""
-    from scoring import diagnosis
+    from peers.nnunet_data import own_voxels
 
-    figures = diagnosis.measure(paths["predictions"] / name, paths["truth"])
     own = paths["predictions"] / f"{name}.nnunet" / "output"
-    if SYSTEMS[name].peer == "peers.nnunet" and own.is_dir():
-        from peers.nnunet_data import own_voxels
-
-        figures["own_output"] = own_voxels(own)
-    return figures
+    return {**diagnosis.measure(paths["predictions"] / name, paths["truth"]),
+            **({"own_output": own_voxels(own)} if own.is_dir() else {})}
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -324,34 +321,24 @@ def prepared_data(args) -> dict:
     return paths
 
 
-# ---- the note column --------------------------------------------------------------------------------
+# ---- the note column ------------------------------------------------------------------------
 
 def note(row: dict) -> str:
     """What the row is (a range test's chosen rate too); below LEARNS, why it does not learn: the
     cause written from an earlier run, said to be one, and what this run's predictions hold
     (scoring/diagnosis.py), which is also given for a row that predicts a region in no case."""
-    from scoring import diagnosis
-
     system = SYSTEMS.get(row["system"], System("", ""))
     parts = [system.note] if system.note else []
     if "learning_rate" in row:
         parts.append(f"rate {row['learning_rate']:.2g} chosen in {row['lr_range_steps']} steps "
                      f"({row['lr_range_seconds']:.0f} s, outside the budget)")
-    figures = row.get("measured")
     unlearned = row["Dice_WT_mean"] < LEARNS
     if unlearned:
         cause = system.unlearned
         if cause != System.unlearned:
             cause += " (an earlier diagnosis, from another run)"
         parts.append(f"does not learn (Dice WT < {LEARNS:g}): {cause}")
-    if figures and (unlearned or figures["cases"] and any(
-            figures["missing"][r] == figures["cases"] for r in diagnosis.REGIONS)):
-        parts.append(diagnosis.describe(figures))
-        own = figures.get("own_output")
-        if own:
-            parts.append("nnU-Net's own output files: voxels per case " + ", ".join(
-                f"{r} {own[r]:,.0f}" for r in diagnosis.REGIONS) + " (3 mm voxels x 27)")
-    return "; ".join(parts)
+    return "; ".join(parts + diagnosis.clauses(row.get("measured"), unlearned))
 
 
 # ---- command line -----------------------------------------------------------------------------

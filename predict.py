@@ -9,10 +9,10 @@ thresholded, put back into the original grid and turned into labels (nesting enf
 coding of the input's edition (codings.py): BraTS 2017-2021 ET 4, TC but not ET 1, WT but not TC
 2; BraTS 2023+ (GLI, SSA, MET, MEN) ET 3, 1, 2; MSD Task01 3, 2, 1. BraTS-PED ids are the same in
 BraTS 2023 (ET 3, 1, 2) and 2024+ (ET 1, 2 non-enhancing, 4 edema): --ped-coding states which, and
-an input holding PED cases without it stops with one line. --coding states another; the coding of each case is printed and
-recorded in <output>/codings.json, which evaluate.py reads. Files are `<case id>.nii.gz` as each
-portal expects (BraTS20_Validation_001.nii.gz, BraTS-GLI-00001-000.nii.gz), uint8, with the
-input's affine and header. One case is in memory at a time; each file is written under a
+an input holding PED cases without it stops with one line. --coding states another; the coding of
+each case is printed and recorded in <output>/codings.json, which evaluate.py reads. Files are
+`<case id>.nii.gz` as each portal expects (BraTS20_Validation_001.nii.gz,
+BraTS-GLI-00001-000.nii.gz), uint8, with the input's affine and header. One case is in memory at a time; each file is written under a
 temporary name and renamed; cases already predicted are skipped unless --overwrite; a bad case is
 reported in one line and skipped. An output that cannot be written (full disk) stops the run
 with one line; a rerun continues with the unfinished cases.

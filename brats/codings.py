@@ -137,7 +137,7 @@ def is_ped(case_id: str) -> bool:
 
 
 def ped_question(case_id: str, how: str) -> EditionError:
-    """The one-line error of a BraTS-PED case whose edition nothing states; `how` names the options."""
+    """The one-line error of a BraTS-PED case whose edition nothing states (`how`: the options)."""
     return EditionError(
         f"{case_id}: BraTS-PED cases are coded 1 NETC, 2 SNFH, 3 ET in BraTS 2023 (brats2023) but "
         f"1 ET, 2 NET, 3 CC, 4 ED in BraTS 2024+ (brats2024-ped), the ids are the same and the "

@@ -2,7 +2,7 @@
 predictions of the run they are shown for, not from a text written once.
 
     figures = measure(predictions, ground_truth)   # {"cases", "predicted", "truth", "missing", ...}
-    text = describe(figures)                        # "per case WT 41,200 voxels predicted (truth ..."
+    parts = clauses(figures, unlearned=True)        # ["this run's 6 predictions: voxels ...", ...]
 
 Per region (WT, TC, ET) the voxels predicted and in the ground truth (mean per case), the cases
 whose prediction holds none of it, and where the false-positive WT voxels lie: the share in
@@ -26,9 +26,9 @@ TILE = (96, 96, 24)
 
 def tumour_free_tiles(truth: np.ndarray, tile: tuple = TILE) -> np.ndarray:
     """bool (X, Y, Z): voxels whose tile (a grid of `tile` from the origin) holds no tumour."""
-    counts = np.add.reduceat(np.add.reduceat(np.add.reduceat(
-        truth.astype(np.int64), np.arange(0, truth.shape[0], tile[0]), axis=0),
-        np.arange(0, truth.shape[1], tile[1]), axis=1), np.arange(0, truth.shape[2], tile[2]), axis=2)
+    counts = truth.astype(np.int64)
+    for axis, size in enumerate(tile):
+        counts = np.add.reduceat(counts, np.arange(0, truth.shape[axis], size), axis=axis)
     free = counts == 0
     for axis, size in enumerate(tile):
         free = np.repeat(free, size, axis=axis)
@@ -63,7 +63,8 @@ def measure(predictions: Path, ground_truth: Path) -> dict:
             "predicted": {r: float(np.mean([c["predicted"][r] for c in cases])) for r in REGIONS},
             "truth": {r: float(np.mean([c["truth"][r] for c in cases])) for r in REGIONS},
             "missing": {r: sum(c["predicted"][r] == 0 for c in cases) for r in REGIONS},
-            "false_positive_share_in_free_tiles": sum(c["in_free_tiles"] for c in cases) / max(false, 1),
+            "false_positive_share_in_free_tiles":
+                sum(c["in_free_tiles"] for c in cases) / max(false, 1),
             "healthy_marked": false / max(sum(c["healthy"] for c in cases), 1)}
 
 
@@ -79,3 +80,15 @@ def describe(figures: dict) -> str:
             f"{'x'.join(map(str, TILE))} tiles")
     none = [r for r in REGIONS if figures["missing"][r] == figures["cases"]]
     return text + (f"; no {' or '.join(none)} predicted in any case" if none else "")
+
+
+def clauses(figures: dict | None, unlearned: bool) -> list:
+    """The note column's measured clauses of a row that does not learn, or that predicts a region
+    in no case (with nnU-Net's own output files' voxels where compare.py recorded them)."""
+    if not figures or not (unlearned or figures["cases"] and any(
+            figures["missing"][r] == figures["cases"] for r in REGIONS)):
+        return []
+    own = figures.get("own_output")
+    return [describe(figures)] + ([
+        "nnU-Net's own output files: voxels per case "
+        + ", ".join(f"{r} {own[r]:,.0f}" for r in REGIONS) + " (3 mm voxels x 27)"] if own else [])

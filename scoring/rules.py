@@ -134,7 +134,8 @@ def layout_coding_of(case_id: str, truth_file: tuple, values: tuple, scoring: Sc
     if layout == "brats2023":
         if scoring.native != "brats2020":
             return scoring.native
-        return layout_coding(layout, case_id, ped_coding_of(case_id, scoring) if is_ped(case_id) else None)
+        ped = ped_coding_of(case_id, scoring) if is_ped(case_id) else None
+        return layout_coding(layout, case_id, ped)
     return "brats2020"
 
 

@@ -89,7 +89,8 @@ def test_2020_coded_predictions_are_not_scored_without_their_et(tmp_path, capsys
     save(truth, tmp_path / "gt" / cid / f"{cid}-seg.nii.gz")
     save(tumour_2020(), tmp_path / "pred" / f"{cid}.nii.gz")
     out = tmp_path / "results.csv"
-    argv = [str(tmp_path / "pred"), str(tmp_path / "gt"), "--convention", convention, "--out", str(out)]
+    argv = [str(tmp_path / "pred"), str(tmp_path / "gt"), "--convention", convention,
+            "--out", str(out)]
     error = refused(capsys, argv)
     assert error.startswith(f"error: {tmp_path / 'pred' / cid}.nii.gz: holds labels {{0, 1, 2, 4}}")
     assert "no ET in the brats2024-post coding" in error and "--pred-coding" in error, error
