@@ -4,7 +4,7 @@ label map is in (SPEC.md sections 5b and 7).
     coding, note = recognise(values, candidates=("brats2023", "brats2020"), preferred="brats2023")
     masks = region_masks(labels, coding)     # {"WT": bool (X, Y, Z), "TC": ..., "ET": ...}
     written = recode(labels, "brats2020", layout_coding("brats2023", "BraTS-GLI-00001-000"))
-    layout_coding("brats2023", "BraTS-PED-00001-000", ped="brats2024-ped")  # PED: stated, never guessed
+    layout_coding("brats2023", "BraTS-PED-00001-000", ped="brats2024-ped")  # PED: stated
 
 A label map is read in one coding only: stated by the user, given by the layout it came in, or
 recognised from the label values it holds. Values that fit no candidate coding are an error naming
