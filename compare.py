@@ -23,7 +23,11 @@ The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own too
 in the same measured processes, into the same predictions and rows.
 unet3d_patches_tuned first runs lr_range.py on the training cases (OUT/runs/<run>.lr_range.json)
 and trains with the chosen Adam rate (OUT/runs/<run>.yaml). The table's note column says what a
-row departs from, the chosen rate, and, for a row whose Dice WT stays below 0.6, why.
+row departs from, the chosen rate, and, for a row whose Dice WT stays below 0.6, the cause found
+in an earlier run (said to be one) and what this run's predictions hold: voxels per region
+against the truth, the healthy voxels marked, the false positives' share in tumour-free tiles
+(scoring/diagnosis.py); a row that predicts a region in no case says so too (nnU-Net: with the
+voxels of its own output files, before our conversion).
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines sta
 
 import numpy as np  # noqa: E402
 
+from scoring import diagnosis  # noqa: E402
 from scoring.comparison import chart, markdown, write_csv  # noqa: E402
 from util.measure import measured, write_json  # noqa: E402
 from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
@@ -270,9 +275,19 @@ def compared(name: str, paths: dict, args) -> dict | None:
         return None
     row = {"system": name, **training, **prediction, **scores(name, paths),
            "peak_bytes": max(training["train_peak_bytes"], prediction["predict_peak_bytes"]),
-           "published": system.published}
+           "published": system.published, "measured": measured_figures(name, paths)}
     write_json(done, row)
     return row
+
+
+def measured_figures(name: str, paths: dict) -> dict:
+    """What the system's predictions hold (scoring/diagnosis.py); for nnU-Net also its own 3 mm
+    output files' voxels per region, before our conversion (OUT/predictions/<name>.nnunet)."""
+    from peers.nnunet_data import own_voxels
+
+    own = paths["predictions"] / f"{name}.nnunet" / "output"
+    return {**diagnosis.measure(paths["predictions"] / name, paths["truth"]),
+            **({"own_output": own_voxels(own)} if own.is_dir() else {})}
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -306,18 +321,24 @@ def prepared_data(args) -> dict:
     return paths
 
 
-# ---- the note column --------------------------------------------------------------------------------
+# ---- the note column ------------------------------------------------------------------------
 
 def note(row: dict) -> str:
-    """What the row is (a range test's chosen rate too) and, below LEARNS, why it does not learn."""
+    """What the row is (a range test's chosen rate too); below LEARNS, why it does not learn: the
+    cause written from an earlier run, said to be one, and what this run's predictions hold
+    (scoring/diagnosis.py), which is also given for a row that predicts a region in no case."""
     system = SYSTEMS.get(row["system"], System("", ""))
     parts = [system.note] if system.note else []
     if "learning_rate" in row:
         parts.append(f"rate {row['learning_rate']:.2g} chosen in {row['lr_range_steps']} steps "
                      f"({row['lr_range_seconds']:.0f} s, outside the budget)")
-    if row["Dice_WT_mean"] < LEARNS:
-        parts.append(f"does not learn (Dice WT < {LEARNS:g}): {system.unlearned}")
-    return "; ".join(parts)
+    unlearned = row["Dice_WT_mean"] < LEARNS
+    if unlearned:
+        cause = system.unlearned
+        if cause != System.unlearned:
+            cause += " (an earlier diagnosis, from another run)"
+        parts.append(f"does not learn (Dice WT < {LEARNS:g}): {cause}")
+    return "; ".join(parts + diagnosis.clauses(row.get("measured"), unlearned))
 
 
 # ---- command line -----------------------------------------------------------------------------

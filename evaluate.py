@@ -29,8 +29,12 @@ Label codings (ET = 4 of BraTS 2017-2021, ET = 3 of 2023+, BraTS 2024 PED's own,
 the post-treatment data) are found per file: ground truth from its layout (`_seg` 2020 coding,
 `-seg` the edition's, MSD's labelsTr), files named after their case and predictions from the
 codings.json that predict.py leaves beside them, else from the labels they hold; --pred-coding and
---gt-coding state them. A prediction whose labels fit no coding, or not the stated one, stops the
-run with one line naming the file and its labels, and no CSV is written. --out is checked before
+--gt-coding state them. BraTS-PED cases are coded differently in BraTS 2023 and 2024+ under the
+same ids: under brats2020 rules --ped-coding states which (a PED convention states its own), and
+without it a PED case stops the run with one line. A prediction whose labels fit no coding, or
+not the stated one, or whose reading would drop its ET (a 2020-coded map, 4 = ET, under a
+post-treatment convention, 4 = resection cavity, with no codings.json) stops the run with one line
+naming the file and its labels, and no CSV is written. --out is checked before
 any scoring, and the table is printed before the CSV is written, so it is on screen even when
 writing fails.
 """
@@ -49,8 +53,8 @@ import nibabel as nib
 import numpy as np
 
 from brats.cases import CaseError, find_label_files
-from brats.codings import (CODINGS, REGIONS, CodingError, check_fits, label_values, recode,
-                           recoding, stored_codings)
+from brats.codings import (CODINGS, PED_CODINGS, REGIONS, CodingError, EditionError, check_fits,
+                           label_values, recode, recoding, stored_codings)
 from scoring import brats2025, lesionwise
 from scoring.rules import (CONVENTIONS, METRICS, PredictionError, Scoring, case_scores,
                            layout_coding_of, penalty_scores, prediction_coding, prediction_masks,
@@ -108,6 +112,8 @@ def score_case(case_id: str, truth_file: tuple, prediction_dir: Path,
     path, prediction_img, labels = found
     try:
         prediction, note = prediction_masks(labels, scoring, case_id)
+    except EditionError:
+        raise
     except CodingError as error:
         raise unfit(path, labels, error) from None
     shape = truth["WT"].shape
@@ -147,6 +153,8 @@ def official_truth(case_id: str, truth_file: tuple, scoring: Scoring, folder: Pa
             coding = "msd" if layout == "msd" else layout_coding_of(case_id, truth_file, values, scoring)
         check_fits(values, coding)
         return in_coding(path, img, data, coding, scoring.native, folder / "truth.nii.gz"), img
+    except EditionError:
+        raise
     except CodingError as error:
         raise CaseError(f"{case_id}: {path.name}: {error}") from None
 
@@ -169,6 +177,8 @@ def score_official(case_id: str, truth_file: tuple, prediction_dir: Path, scorin
             coding, note = prediction_coding(label_values(labels), scoring, case_id)
             prediction = in_coding(path, prediction_img, labels, coding, scoring.native,
                                    Path(folder) / "prediction.nii.gz")
+        except EditionError:
+            raise
         except CodingError as error:
             raise unfit(path, labels, error) from None
         shape = truth_img.shape[:3]
@@ -315,10 +325,13 @@ def main(argv: list | None = None) -> int:
                         help="label coding of the predictions (default: recognised per file)")
     parser.add_argument("--gt-coding", choices=codings, default="auto",
                         help="label coding of the ground truth (default: from its layout)")
+    parser.add_argument("--ped-coding", choices=PED_CODINGS,
+                        help="coding of BraTS-PED cases under --convention brats2020 (the ids "
+                             "cannot say): brats2023 for BraTS 2023 PED, brats2024-ped for 2024+")
     args = parser.parse_args(argv)
     if not args.predictions.is_dir():
         parser.exit(2, f"error: {args.predictions}: not a folder\n")
-    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding)
+    scoring = Scoring(args.convention, args.pred_coding, args.gt_coding, ped_coding=args.ped_coding)
     if scoring.official:
         check_official()
     check_file(args.out)

@@ -7,11 +7,12 @@ the run (or those named by --modalities / --models) predicts the three regions, 
 outputs are averaged (SPEC.md section 3; `--ensemble fitted`: per-region weights, ensemble.py),
 thresholded, put back into the original grid and turned into labels (nesting enforced) in the
 coding of the input's edition (codings.py): BraTS 2017-2021 ET 4, TC but not ET 1, WT but not TC
-2; BraTS 2023+ (GLI, SSA, MET, MEN) ET 3, 1, 2; BraTS 2024+ PED ET 1, 2 (non-enhancing), 4
-(edema); MSD Task01 3, 2, 1. --coding states another; the coding of each case is printed and
-recorded in <output>/codings.json, which evaluate.py reads. Files are `<case id>.nii.gz` as each
-portal expects (BraTS20_Validation_001.nii.gz, BraTS-GLI-00001-000.nii.gz), uint8, with the
-input's affine and header. One case is in memory at a time; each file is written under a
+2; BraTS 2023+ (GLI, SSA, MET, MEN) ET 3, 1, 2; MSD Task01 3, 2, 1. BraTS-PED ids are the same in
+BraTS 2023 (ET 3, 1, 2) and 2024+ (ET 1, 2 non-enhancing, 4 edema): --ped-coding states which, and
+an input holding PED cases without it stops with one line. --coding states another; the coding of
+each case is printed and recorded in <output>/codings.json, which evaluate.py reads. Files are
+`<case id>.nii.gz` as each portal expects (BraTS20_Validation_001.nii.gz,
+BraTS-GLI-00001-000.nii.gz), uint8, with the input's affine and header. One case is in memory at a time; each file is written under a
 temporary name and renamed; cases already predicted are skipped unless --overwrite; a bad case is
 reported in one line and skipped. An output that cannot be written (full disk) stops the run
 with one line; a rerun continues with the unfinished cases.
@@ -39,7 +40,7 @@ from util.console import quiet_tensorflow
 quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 from brats.cases import CaseError, find_cases  # noqa: E402
-from brats.codings import CODINGS  # noqa: E402
+from brats.codings import CODINGS, PED_CODINGS, CodingError  # noqa: E402
 from preparing.native import write_native  # noqa: E402
 from systems import families  # noqa: E402
 from systems.inference import flips, predict_case, read_weights, region_probabilities  # noqa: E402,F401
@@ -71,7 +72,7 @@ def family_config(config: Config, args, run: Path, networks: int) -> Config:
     return families.with_postprocessing(config, args.postprocess)
 
 
-@exits_cleanly(ConfigError, CaseError)
+@exits_cleanly(ConfigError, CaseError, CodingError)
 def main(argv: list | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -99,6 +100,10 @@ def main(argv: list | None = None) -> int:
     parser.add_argument("--coding", default="auto", choices=("auto", *WRITABLE_CODINGS),
                         help="label coding of the files (default auto: the input edition's, "
                              "brats2020 ET = 4, brats2023 ET = 3, brats2024-ped ET = 1, msd)")
+    parser.add_argument("--ped-coding", choices=PED_CODINGS,
+                        help="coding of BraTS-PED cases under --coding auto, needed when the input "
+                             "holds any (the ids cannot say): brats2023 for BraTS 2023 PED "
+                             "(ET = 3), brats2024-ped for 2024 and later (ET = 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases already written")
     args = parser.parse_args(argv)
     if not args.run and not args.models:
@@ -112,8 +117,8 @@ def main(argv: list | None = None) -> int:
     cases = find_cases(args.input)
     if not cases:
         parser.exit(2, f"error: {args.input}: no BraTS cases found\n")
+    args.codings = case_codings(cases, args.coding, args.ped_coding)
     check_folder(args.output)
-    args.codings = case_codings(cases, args.coding)
     kept = {files.id for files in cases
             if (args.output / f"{files.id}.nii.gz").exists() and not args.overwrite}
     record_codings(args.output, args.codings, kept)

@@ -25,7 +25,8 @@ Any Keras backend (KERAS_BACKEND=tensorflow, the CPU default; jax, the GPU path;
 
 One GPU per modality: start one process per modality on the same --out, each with its own
 CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
-Each network folder holds train.lock while a process trains it: a second trainer refuses.
+Each network folder holds train.lock while a process trains it, taken before config.yaml or
+split.json is written: a second trainer refuses without touching the run's files.
 """
 from __future__ import annotations
 
@@ -341,11 +342,11 @@ def main(argv: list | None = None) -> int:
     placement = place(args.gpus, args.cpu_replicas,
                       Cluster(args.coordinator, args.num_processes, args.process_id))
     out = args.out / f"process{placement.process}" if placement.process else args.out
-    split = prepare_run(out, config, cache, networks, args.resume, args.repair)
     status, shared = 0, {}  # shared: one compiled model for the same-shaped networks
     with contextlib.ExitStack() as held, terminated_as_exit():
-        for name in networks:  # one trainer per network folder, from now until this one ends
-            held.enter_context(TrainingLock(out / name))
+        for name in networks:  # one trainer per network folder, from now until this one ends,
+            held.enter_context(TrainingLock(out / name))  # taken before anything is written
+        split = prepare_run(out, config, cache, networks, args.resume, args.repair)
         for name, modalities in networks.items():
             status |= train_network(out, name, modalities, config, cache, split, args,
                                     placement, shared)

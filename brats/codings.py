@@ -4,12 +4,14 @@ label map is in (SPEC.md sections 5b and 7).
     coding, note = recognise(values, candidates=("brats2023", "brats2020"), preferred="brats2023")
     masks = region_masks(labels, coding)     # {"WT": bool (X, Y, Z), "TC": ..., "ET": ...}
     written = recode(labels, "brats2020", layout_coding("brats2023", "BraTS-GLI-00001-000"))
+    layout_coding("brats2023", "BraTS-PED-00001-000", ped="brats2024-ped")  # PED: stated
 
 A label map is read in one coding only: stated by the user, given by the layout it came in, or
 recognised from the label values it holds. Values that fit no candidate coding are an error naming
 them; values that fit two codings that read them differently are read in the preferred one, with a
 note saying so. `recode` writes a map in another coding (each label becomes the target label that
-lies in the same regions: itself if it does, else the smallest), `layout_coding` names the coding of a case's edition.
+lies in the same regions: itself if it does, else the smallest), `layout_coding` names the coding of
+a case's edition (a BraTS-PED case's must be stated: 2023 and 2024+ code it differently).
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ REGIONS = ("ET", "WT", "TC")  # the portal's column order
 
 class CodingError(Exception):
     """A label map whose values do not fit the coding; str() is one line naming the values."""
+
+
+class EditionError(CodingError):
+    """A BraTS-PED case whose coding nothing states: str() is one line saying what to state."""
 
 
 @dataclass(frozen=True)
@@ -57,11 +63,12 @@ CODINGS = {c.name: c for c in (
 )}
 RESECTION_CAVITY = 4  # BraTS 2024/2025 post-treatment label outside every tumour region
 
-# The coding a case's edition expects, from the layout brats.py recognised and, for 2023+ cases,
-# the task in the case id (BraTS-PED-...): the paediatric task codes ET = 1 since 2024.
+# The coding a case's edition expects, from the layout brats.py recognised. BraTS-PED cases are the
+# exception: BraTS 2023 PED used the adult coding (1 NETC, 2 SNFH, 3 ET), 2024+ its own (ET = 1),
+# the ids are the same in both and values 0-3 fit both, so their coding must be stated (SPEC 7).
 LAYOUT_CODINGS = {"brats2018": "brats2020", "brats2020": "brats2020", "brats2021": "brats2020",
                   "brats2023": "brats2023", "msd": "msd"}
-TASK_CODINGS = {"PED": "brats2024-ped"}
+PED_CODINGS = ("brats2023", "brats2024-ped")  # BraTS 2023 PED, BraTS 2024/2025 PED
 STORED = "codings.json"  # beside predictions: {"cases": {case id: coding}}, written by predict.py
 
 
@@ -95,6 +102,9 @@ def recognise(values: tuple, candidates: tuple, preferred: str) -> tuple:
     """(coding, note): the candidate coding that holds every value, preferring `preferred`.
 
     note is "" unless another fitting candidate reads the values differently (then it names it).
+    CodingError when the preferred reading holds no ET but another one does (a BraTS 2020 map,
+    4 = ET, under the post-treatment coding, 4 = resection cavity): that must be stated, never
+    scored silently without its enhancing tumour.
     """
     fitting = [c for c in candidates if set(values) <= set(CODINGS[c].labels)]
     if not fitting:
@@ -102,6 +112,10 @@ def recognise(values: tuple, candidates: tuple, preferred: str) -> tuple:
                           + ", ".join(f"{c} {_shown(CODINGS[c].labels)}" for c in candidates))
     chosen = preferred if preferred in fitting else fitting[0]
     others = [c for c in fitting if _reading(c, values) != _reading(chosen, values)]
+    scored = [c for c in others if any(r[0] for r in _reading(c, values))]
+    if scored and not any(r[0] for r in _reading(chosen, values)):
+        raise CodingError(f"labels {_shown(values)} hold no ET in the {chosen} coding but hold one "
+                          f"in the {scored[0]} coding: state their coding")
     note = (f"labels {_shown(values)} also fit the {others[0]} coding; read as {chosen} "
             f"(state the coding to choose)") if others else ""
     return chosen, note
@@ -116,14 +130,28 @@ def region_masks(labels: np.ndarray, coding: str) -> dict:
     return {region: (codes & (1 << bit)) != 0 for bit, region in enumerate(REGIONS)}
 
 
-def layout_coding(layout: str, case_id: str) -> str:
-    """The label coding a case's edition expects: brats.py's layout, refined by the 2023+ task."""
-    coding = LAYOUT_CODINGS[layout]
-    if layout == "brats2023":
-        parts = case_id.split("-")
-        task = parts[1].upper() if len(parts) > 2 else ""
-        coding = TASK_CODINGS.get(task, coding)
-    return coding
+def is_ped(case_id: str) -> bool:
+    """Whether a case id is a BraTS 2023+ paediatric one (BraTS-PED-...)."""
+    parts = case_id.split("-")
+    return len(parts) > 2 and parts[0].lower() == "brats" and parts[1].upper() == "PED"
+
+
+def ped_question(case_id: str, how: str) -> EditionError:
+    """The one-line error of a BraTS-PED case whose edition nothing states (`how`: the options)."""
+    return EditionError(
+        f"{case_id}: BraTS-PED cases are coded 1 NETC, 2 SNFH, 3 ET in BraTS 2023 (brats2023) but "
+        f"1 ET, 2 NET, 3 CC, 4 ED in BraTS 2024+ (brats2024-ped), the ids are the same and the "
+        f"labels cannot tell them apart: state the edition's coding with {how}")
+
+
+def layout_coding(layout: str, case_id: str, ped: str | None = None) -> str:
+    """The label coding a case's edition expects: brats.py's layout; for a BraTS-PED case `ped`
+    (one of PED_CODINGS), EditionError when it is None."""
+    if layout == "brats2023" and is_ped(case_id):
+        if ped is None:
+            raise ped_question(case_id, "--ped-coding brats2023 or brats2024-ped")
+        return ped
+    return LAYOUT_CODINGS[layout]
 
 
 def recoding(source: str, target: str) -> dict:

@@ -44,6 +44,7 @@ from util.console import quiet_tensorflow  # noqa: E402
 quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
 
 from brats.cases import CaseError, find_cases  # noqa: E402
+from brats.codings import PED_CODINGS, CodingError  # noqa: E402
 from systems.inference import WEIGHTS_FILE, predict_case, read_weights  # noqa: E402
 from systems.networks import load_network, network_files  # noqa: E402
 from util.config import ConfigError  # noqa: E402
@@ -54,7 +55,7 @@ from util.runfolder import read_config  # noqa: E402
 BAKED_RUN = Path(os.environ.get("EEN_RUN", "/opt/een/run"))  # the Dockerfile's EEN_RUN
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 ENSEMBLES = ("auto", "plain", "fitted")
-PARAMETERS = {"tta": bool, "precision": str, "ensemble": str}  # parameters.yaml's keys
+PARAMETERS = {"tta": bool, "precision": str, "ensemble": str, "ped_coding": str}  # parameters.yaml
 PROJECT = ("brats", "datasets", "scoring", "systems", "util", "model.py", "losses.py",
            "requirements.txt", "container")  # what the image holds of the project
 RUN_FILES = ("config.yaml", WEIGHTS_FILE, "*/network.json", "*/best.weights.h5")
@@ -83,8 +84,9 @@ def load_ensemble(run: Path, precision: str, ensemble: str) -> tuple:
 
 
 def segment(run: Path, input_folder: Path, output: Path, tta: bool, precision: str,
-            ensemble: str) -> int:
-    """Write output/<id>.nii.gz for every case of input_folder; 1 when a case failed."""
+            ensemble: str, ped_coding: str | None) -> int:
+    """Write output/<id>.nii.gz for every case of input_folder; 1 when a case failed.
+    ped_coding: the coding of BraTS-PED cases (their ids are the same in 2023 and 2024+)."""
     if not input_folder.is_dir():
         raise CaseError(f"{input_folder}: cannot read: no such folder")
     cases = find_cases(input_folder)
@@ -93,7 +95,7 @@ def segment(run: Path, input_folder: Path, output: Path, tta: bool, precision: s
     check_folder(output)
     config, networks, weights = load_ensemble(run, precision, ensemble)
     tta = tta and config.model.family == "een"  # the baselines published no TTA
-    options = argparse.Namespace(output=output, codings=case_codings(cases, "auto"), tta=tta,
+    options = argparse.Namespace(output=output, codings=case_codings(cases, "auto", ped_coding), tta=tta,
                                  threshold=0.5, et_min_voxels=0, weights=weights,
                                  save_probabilities=False)
     print(f"{len(cases)} cases from {input_folder}; {run}: {', '.join(n.name for n in networks)} "
@@ -135,6 +137,8 @@ def read_parameters(path: Path) -> dict:
                               + ", ".join(f"{k} ({t.__name__})" for k, t in PARAMETERS.items()) + ")")
     if values.get("precision", "float32") not in PRECISIONS:
         raise ConfigError(f"{path}: precision {values['precision']} is none of {', '.join(PRECISIONS)}")
+    if values.get("ped_coding", PED_CODINGS[0]) not in PED_CODINGS:
+        raise ConfigError(f"{path}: ped_coding {values['ped_coding']} is none of {', '.join(PED_CODINGS)}")
     if values.get("ensemble", "auto") not in ENSEMBLES:
         raise ConfigError(f"{path}: ensemble {values['ensemble']} is none of {', '.join(ENSEMBLES)}")
     return values
@@ -173,6 +177,10 @@ def common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="average over the 8 flips (default on; EEN runs only)")
     parser.add_argument("--precision", choices=PRECISIONS, help="default float32")
+    parser.add_argument("--ped-coding", dest="ped_coding", choices=PED_CODINGS,
+                        help="coding of BraTS-PED cases: brats2024-ped (ET = 1; BraTS 2024 and 2025, "
+                             "the default of the 2025 interface) or brats2023 (ET = 3); infer: "
+                             "needed when the data hold PED cases, or parameters.yaml's ped_coding")
     parser.add_argument("--ensemble", choices=ENSEMBLES,
                         help="auto (default): fitted weights when the run holds them, else plain")
 
@@ -191,7 +199,7 @@ def parse(argv: list) -> argparse.Namespace:
         common(parser)
         parser.add_argument("--data_path", type=Path, required=True, help="the cases")
         parser.add_argument("--parameters_file", type=Path, required=True,
-                            help="parameters.yaml (keys tta, precision, ensemble; may be empty)")
+                            help="parameters.yaml (keys tta, precision, ensemble, ped_coding; may be empty)")
         parser.add_argument("--output_path", type=Path, required=True, help="for <id>.nii.gz")
     else:
         common(parser)
@@ -202,12 +210,13 @@ def parse(argv: list) -> argparse.Namespace:
     return args
 
 
-@exits_cleanly(ConfigError, CaseError)
+@exits_cleanly(ConfigError, CaseError, CodingError)
 def main(argv: list | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else list(argv))
     if args.task == "stage":
         return stage(args.run, args.out)
-    settings = {"tta": True, "precision": "float32", "ensemble": "auto"}
+    settings = {"tta": True, "precision": "float32", "ensemble": "auto",
+                "ped_coding": None if args.task == "infer" else "brats2024-ped"}  # 2025: ET = 1
     if args.task == "infer":
         if not args.parameters_file.is_file():
             raise ConfigError(f"{args.parameters_file}: cannot read: no such file")

@@ -103,15 +103,20 @@ def write_record(run: Path, parameters: int, rows: list, **extra) -> None:
 
 def prediction_cases(input_folder: Path, output: Path) -> tuple:
     """(cases, codings): brats.find_cases of the input; each case's coding (its edition's, as
-    predict.py --coding auto), recorded in output/codings.json for evaluate.py."""
+    predict.py --coding auto), recorded in output/codings.json for evaluate.py; PeerError for a
+    BraTS-PED case, whose edition (and so coding) nothing states."""
     from brats.cases import find_cases
+    from brats.codings import CodingError
     from util.portal import case_codings, record_codings
 
     cases = find_cases(input_folder)
     if not cases:
         raise PeerError(f"{input_folder}: no BraTS cases found")
+    try:
+        codings = case_codings(cases, "auto")
+    except CodingError as error:
+        raise PeerError(str(error)) from None
     output.mkdir(parents=True, exist_ok=True)
-    codings = case_codings(cases, "auto")
     record_codings(output, codings, set())
     return cases, codings
 

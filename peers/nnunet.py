@@ -182,8 +182,7 @@ def predict(args) -> int:
     import numpy as np
 
     from brats.cases import CaseError, load_case
-    from peers.nnunet_data import nnunet_to_regions, write_images
-    from datasets.volumes import upsample
+    from peers.nnunet_data import on_case_grid, write_images
 
     environment(args.run)
     chosen = configuration(args.run)
@@ -209,8 +208,7 @@ def predict(args) -> int:
                                            save_probabilities=False, overwrite=True))
     for case_id, (case, shape) in loaded.items():
         labels = np.asarray(nib.load(scratch / "output" / f"{case_id}.nii.gz").dataobj)
-        regions = upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, shape)
-        write_case_labels(case, regions, codings[case_id], args.output)
+        write_case_labels(case, on_case_grid(labels, shape), codings[case_id], args.output)
     print(f"{len(loaded)} cases written to {args.output}, {len(failed)} failed")
     return 1 if failed else 0
 

@@ -69,6 +69,26 @@ def nnunet_to_regions(labels: np.ndarray) -> np.ndarray:
                     axis=-1).astype(np.uint8)
 
 
+def on_case_grid(labels: np.ndarray, shape: tuple) -> np.ndarray:
+    """nnU-Net's 3 mm labels -> region probabilities (X, Y, Z, 3) WT, TC, ET on the case's 1 mm
+    grid (linear, as predict.py brings back the other rows' 3 mm probabilities); compare.py's
+    nnunet row writes them with peers.common.write_case_labels (threshold 0.5)."""
+    from datasets.volumes import upsample
+
+    return upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, shape)
+
+
+def own_voxels(folder: Path) -> dict:
+    """Voxels per region (mean per case, x27 for the 1 mm grid) in nnU-Net's own output files:
+    what it predicted before any conversion of ours."""
+    counts = [nnunet_to_regions(np.asarray(nib.load(path).dataobj)).sum(axis=(0, 1, 2))
+              for path in sorted(Path(folder).glob("*.nii.gz"))]
+    if not counts:
+        return {}
+    mean = np.mean(counts, axis=0) * FACTOR ** 3
+    return {"cases": len(counts), **{r: float(v) for r, v in zip(("WT", "TC", "ET"), mean)}}
+
+
 # ---- files --------------------------------------------------------------------------------------
 
 def coarse_affine(affine: np.ndarray, factor: int = FACTOR) -> np.ndarray:

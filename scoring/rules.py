@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from brats.cases import CaseError, convert_labels, read_nifti, strip_nii
-from brats.codings import (REGIONS, CodingError, check_fits, label_values, layout_coding, recognise,
-                           region_masks)
+from brats.codings import (REGIONS, CodingError, EditionError, check_fits, is_ped,
+                           label_values, layout_coding, ped_question, recognise, region_masks)
 from scoring import brats2025, lesionwise
 from scoring.metrics import dice, hausdorff95, sensitivity, specificity
 
@@ -64,12 +64,14 @@ def case_scores(prediction: dict, truth: dict, spacing: tuple) -> dict:
 @dataclass(frozen=True)
 class Scoring:
     """Which rules score the cases and how the label maps are coded ("auto": recorded beside the
-    predictions in `stored`, case id -> coding, else recognised)."""
+    predictions in `stored`, case id -> coding, else recognised). `ped_coding`: the coding of
+    BraTS-PED cases (brats2023 or brats2024-ped) where the convention does not give one."""
 
     convention: str = "brats2020"
     pred_coding: str = "auto"
     gt_coding: str = "auto"
     stored: dict = field(default_factory=dict)
+    ped_coding: str | None = None
 
     @property
     def lesion_wise(self) -> lesionwise.Convention | None:
@@ -111,14 +113,29 @@ def read_label_map(path: Path, what: str) -> tuple:
     return img, data
 
 
+PED_STATED = ("--ped-coding brats2023 or brats2024-ped, or a PED convention (--convention "
+              "brats2023-ped, brats2024-ped or brats2025-ped)")
+
+
+def ped_coding_of(case_id: str, scoring: Scoring) -> str:
+    """The coding of a BraTS-PED case under brats2020 rules: stated, else EditionError."""
+    if scoring.ped_coding is None:
+        raise ped_question(case_id, PED_STATED)
+    return scoring.ped_coding
+
+
 def layout_coding_of(case_id: str, truth_file: tuple, values: tuple, scoring: Scoring) -> str:
     """The coding of a ground truth none is stated for: `_seg` files 2020, `-seg` files the
-    convention's edition's (under brats2020 the case's: BraTS-PED ET = 1, others ET = 3), a file named after its case (no layout to go by) recognised from its values."""
+    convention's edition's (under brats2020 the case's: ET = 3, BraTS-PED as --ped-coding states),
+    a file named after its case (no layout to go by) recognised from its values."""
     path, layout = truth_file
     if strip_nii(path.name) == case_id:
         return recognise(values, scoring.candidates, scoring.native)[0]
     if layout == "brats2023":
-        return scoring.native if scoring.native != "brats2020" else layout_coding(layout, case_id)
+        if scoring.native != "brats2020":
+            return scoring.native
+        ped = ped_coding_of(case_id, scoring) if is_ped(case_id) else None
+        return layout_coding(layout, case_id, ped)
     return "brats2020"
 
 
@@ -134,6 +151,8 @@ def truth_masks(case_id: str, truth_file: tuple, scoring: Scoring) -> tuple:
         if coding == "auto":
             coding = layout_coding_of(case_id, truth_file, values, scoring)
         check_fits(values, coding)
+    except EditionError:
+        raise
     except CodingError as error:
         raise CaseError(f"{case_id}: {path.name}: {error}") from None
     return region_masks(data, coding), img
@@ -141,12 +160,21 @@ def truth_masks(case_id: str, truth_file: tuple, scoring: Scoring) -> tuple:
 
 def prediction_coding(values: tuple, scoring: Scoring, case_id: str = "") -> tuple:
     """(coding, note) of a prediction holding `values`: stated, recorded by predict.py, or
-    recognised; CodingError when its labels fit no usable coding."""
+    recognised (a BraTS-PED case under brats2020 rules preferring the stated PED coding);
+    CodingError when its labels fit no usable coding or when a reading would drop its ET,
+    EditionError for a BraTS-PED case whose coding nothing states."""
     stated = scoring.pred_coding if scoring.pred_coding != "auto" else scoring.stored.get(case_id)
     if stated:
         check_fits(values, stated)
         return stated, ""
-    return recognise(values, scoring.candidates, scoring.native)
+    candidates, preferred = scoring.candidates, scoring.native
+    if preferred == "brats2020" and is_ped(case_id):
+        preferred = ped_coding_of(case_id, scoring)
+        candidates = tuple(dict.fromkeys((preferred, *candidates)))
+    try:
+        return recognise(values, candidates, preferred)
+    except CodingError as error:
+        raise CodingError(f"{error} (--pred-coding)") from None
 
 
 def prediction_masks(data: np.ndarray, scoring: Scoring, case_id: str = "") -> tuple:

@@ -97,14 +97,16 @@ class Conv3D(layers.Conv3D):
     stride-1 convolution, which XLA maps to the fast kernels where a strided one falls back to a
     slow path (jax#31662; SPEC.md section 8): 11x on this CPU for stride 3. Weights: the layer's
     own `kernel` (kh, kw, k, C, F) and `bias`, as keras.layers.Conv3D: checkpoints load either way.
-    Other strides, dilations or channels-first data: Keras's own computation.
+    Other strides, dilations, grouped convolutions (groups != 1) or channels-first data: Keras's
+    own computation.
     """
 
     def convolution_op(self, inputs, kernel):
         stride = self.strides[2]
         folding = None
         if (stride > 1 and tuple(self.strides[:2]) == (1, 1) and self.data_format == "channels_last"
-                and tuple(self.dilation_rate) == (1, 1, 1) and inputs.shape[3] is not None):
+                and tuple(self.dilation_rate) == (1, 1, 1) and self.groups == 1
+                and inputs.shape[3] is not None):
             folding = depth_folding(inputs.shape[3], self.kernel_size[2], stride, self.padding)
         if folding is None:
             return super().convolution_op(inputs, kernel)

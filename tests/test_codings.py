@@ -34,5 +34,5 @@ def test_layout_coding_follows_the_edition():
     assert layout_coding("brats2021", "BraTS2021_00001") == "brats2020"
     assert layout_coding("brats2023", "BraTS-GLI-00001-000") == "brats2023"
     assert layout_coding("brats2023", "BraTS-MET-00001-000") == "brats2023"
-    assert layout_coding("brats2023", "BraTS-PED-00001-000") == "brats2024-ped"
+    assert layout_coding("brats2023", "BraTS-PED-00001-000", "brats2024-ped") == "brats2024-ped"
     assert layout_coding("msd", "BRATS_001") == "msd"

@@ -174,3 +174,34 @@ def test_damaged_files_of_its_runs_and_results_are_one_line(tmp_path, capsys):
         compare.network_timings(run)
     with pytest.raises(RunFileError, match="config.yaml: missing; delete"):
         compare.parameters(run)
+
+
+def test_the_note_gives_this_runs_figures_and_calls_a_written_cause_an_earlier_one():
+    """issue 31: a cause shown for a row comes from that run's predictions or says it is an
+    earlier diagnosis; a region predicted in no case is named, for nnU-Net with its own files'."""
+    figures = {"cases": 6, "predicted": {"WT": 250_000.0, "TC": 90_000.0, "ET": 8_000.0},
+               "truth": {"WT": 60_000.0, "TC": 20_000.0, "ET": 9_000.0},
+               "missing": {"WT": 0, "TC": 0, "ET": 1}, "healthy_marked": 0.1,
+               "false_positive_share_in_free_tiles": 0.7}
+    tuned = compare.note({"system": "unet3d_patches_tuned", "Dice_WT_mean": 0.22,
+                          "measured": figures})
+    assert "(an earlier diagnosis, from another run)" in tuned
+    assert ("this run's 6 predictions: voxels per case WT 250,000 (truth 60,000)" in tuned
+            and "10.0 % of the healthy voxels marked WT, 70 % of those in tumour-free" in tuned)
+    assert "earlier diagnosis" in compare.note({"system": "unet3d_patches_tuned",
+                                                "Dice_WT_mean": 0.22})  # a row kept from before
+    no_core = {**figures, "predicted": {**figures["predicted"], "TC": 0.0, "ET": 0.0},
+               "missing": {"WT": 0, "TC": 6, "ET": 6},
+               "own_output": {"cases": 6, "WT": 59_000.0, "TC": 0.0, "ET": 0.0}}
+    nnunet = compare.note({"system": "nnunet", "Dice_WT_mean": 0.8, "measured": no_core})
+    assert "no TC or ET predicted in any case" in nnunet
+    assert "nnU-Net's own output files: voxels per case WT 59,000, TC 0, ET 0" in nnunet
+    assert compare.note({"system": "nnunet", "Dice_WT_mean": 0.8, "measured": figures}) == ""
+
+
+def test_each_row_records_what_its_predictions_hold(quick):
+    for name in SYSTEMS.split(","):
+        figures = json.loads((quick / "results" / f"{name}.json").read_text())["measured"]
+        assert figures["cases"] == 2 and set(figures["predicted"]) == {"WT", "TC", "ET"}
+    own = json.loads((quick / "results" / "nnunet.json").read_text())["measured"]["own_output"]
+    assert own["cases"] == 2 and set(own) == {"cases", "WT", "TC", "ET"}

@@ -136,9 +136,15 @@ def test_the_mlcube_task_runs_from_the_staged_build_context(tiny_run, cases, tmp
                            + [f"{m}/{f}" for m in MODALITIES
                               for f in ("best.weights.h5", "network.json")])
     parameters = tmp_path / "parameters.yaml"
-    parameters.write_text("tta: false\nensemble: plain\n")
+    parameters.write_text("tta: false\nensemble: plain\n")  # PED data, no ped_coding: refused
     data, out = tmp_path / "data", tmp_path / "predictions"
     shutil.copytree(cases / "BraTS-PED-00042-000", data / "BraTS-PED-00042-000")
+    done = subprocess.run([sys.executable, ENTRY, "infer", "--run", tiny_run, "--data_path", data,
+                           "--parameters_file", parameters, "--output_path", out],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and not out.exists(), done.stdout + done.stderr
+    assert "--ped-coding" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    parameters.write_text("tta: false\nensemble: plain\nped_coding: brats2024-ped\n")
     environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, context / "container" / "entrypoint.py", "infer",
                            "--data_path", data, "--parameters_file", parameters,

@@ -92,3 +92,63 @@ def test_fast_network_holds_the_stock_networks_weights_and_function(tmp_path):
     assert isinstance(again.get_layer("enc2_down_conv"), fast_layers.Conv3D)
     np.testing.assert_allclose(np.asarray(again.predict_on_batch(x)), expected, atol=1e-4)
 
+
+
+def strided_reference(x: np.ndarray, w: np.ndarray, stride: int, padding: str) -> np.ndarray:
+    """A convolution along depth straight from its definition, in NumPy: x (D, C), w (k, C, F) ->
+    (out, F), output o summing w[j] * x[stride*o - before + j] over the taps inside the input;
+    'same' pads as TensorFlow defines it (out = ceil(D/stride), the odd padding slice after)."""
+    depth, kernel = len(x), len(w)
+    if padding == "same":
+        out = -(-depth // stride)
+        before = max((out - 1) * stride + kernel - depth, 0) // 2
+    else:
+        out, before = (depth - kernel) // stride + 1, 0
+    index = stride * np.arange(out)[:, None] - before + np.arange(kernel)[None, :]  # (out, k)
+    inside = (index >= 0) & (index < depth)
+    taps = np.where(inside[..., None], x[np.clip(index, 0, depth - 1)], 0.0)  # (out, k, C)
+    return np.einsum("okc,kcf->of", taps, w)
+
+
+def test_depth_folding_values_equal_a_numpy_strided_convolution():
+    """fast_layers.Conv3D against the definition: depth 1-40, kernel 1-6, stride 2-4, 'same' and
+    'valid' (1x1 spatial, two channels, three filters). The folding computes every 'valid' case
+    and every 'same' one with kernel <= 3 (the networks' 3); it declines 89 'same' cases of
+    kernel 4-6 (a tap would read a padding block), which Keras's own computation serves."""
+    rng = np.random.default_rng(0)
+    checked, declined = 0, set()
+    for kernel in range(1, 7):
+        for stride in (2, 3, 4):
+            for padding in ("same", "valid"):
+                layer = fast_layers.Conv3D(3, (1, 1, kernel), strides=(1, 1, stride),
+                                           padding=padding, use_bias=False)
+                layer.build((1, 1, 1, None, 2))
+                w = rng.standard_normal((kernel, 2, 3)).astype("float32")
+                layer.kernel.assign(w[None, None])
+                for depth in range(1, 41):
+                    if padding == "valid" and depth < kernel:
+                        continue
+                    x = rng.standard_normal((depth, 2)).astype("float32")
+                    got = keras.ops.convert_to_numpy(layer(x[None, None, None]))[0, 0, 0]
+                    expected = strided_reference(x.astype("float64"), w.astype("float64"), stride,
+                                                 padding)
+                    assert got.shape == expected.shape, (depth, kernel, stride, padding)
+                    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5,
+                                               err_msg=f"{depth} {kernel} {stride} {padding}")
+                    checked += 1
+                    if depth_folding(depth, kernel, stride, padding) is None:
+                        declined.add((depth, kernel, stride, padding))
+    assert checked == 1395 and len(declined) == 89, (checked, len(declined))
+    assert {(k, p) for _, k, _, p in declined} <= {(4, "same"), (5, "same"), (6, "same")}
+
+
+def test_grouped_strided_convolution_falls_back_to_keras():
+    """groups != 1 cannot be folded (the kernel holds C/groups input channels): Keras's layer."""
+    x = np.random.default_rng(2).standard_normal((1, 4, 4, 9, 4)).astype("float32")
+    fast = fast_layers.Conv3D(6, 3, strides=(1, 1, 2), padding="same", groups=2)
+    stock = keras.layers.Conv3D(6, 3, strides=(1, 1, 2), padding="same", groups=2)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fast(x)),
+                               keras.ops.convert_to_numpy(stock(x)), rtol=1e-5, atol=1e-5)

@@ -11,7 +11,7 @@ from scipy import ndimage
 
 import evaluate
 from scoring import lesionwise
-from brats.codings import region_masks
+from brats.codings import CodingError, region_masks
 from scoring import rules
 
 GLI = lesionwise.CONVENTIONS["brats2023-gli"]  # dilation 3, minimum 50 mm3, penalty 374
@@ -280,9 +280,11 @@ def test_codings_recognised_and_ambiguity_named():
     for convention in ("brats2020", "brats2023-gli", "brats2023-met"):
         masks, note = rules.prediction_masks(labels, rules.Scoring(convention))
         assert note == "" and masks["ET"].sum() == 64 and masks["WT"].sum() == 128
-    # Under BraTS 2024 GLI label 4 is the resection cavity: read so, and said.
-    masks, note = rules.prediction_masks(labels, rules.Scoring("brats2024-gli"))
-    assert masks["ET"].sum() == 0 and "also fit the brats2020 coding" in note
+    # Under BraTS 2024 GLI label 4 is the resection cavity: read so, the ET would be lost: refused.
+    with pytest.raises(CodingError, match=r"no ET in the brats2024-post coding .* brats2020"):
+        rules.prediction_masks(labels, rules.Scoring("brats2024-gli"))
+    masks, note = rules.prediction_masks(labels, rules.Scoring("brats2024-gli", "brats2024-post"))
+    assert masks["ET"].sum() == 0 and note == ""
     masks, note = rules.prediction_masks(labels, rules.Scoring("brats2024-gli", "brats2020"))
     assert masks["ET"].sum() == 64 and note == ""
     # BraTS 2024 PED codes ET as 1 and edema as 4.

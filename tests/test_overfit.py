@@ -73,6 +73,19 @@ class StopAtTheBar(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+# TC and ET must overfit too (a TC/ET or NCR/ED swap keeps WT right): Dice >= 0.85 unless a
+# family's entry says how far it gets in its RUNS budget. Measured: the EEN, FLAIR alone, 300
+# steps: WT 0.924, TC 0.899, ET 0.844 (the thin enhancing rim comes last); Kermi, the 3D U-Net
+# and Ben naceur pass 0.85 on both.
+CORE = {"een": {"ET": 0.8}, "kermi2018": {}, "unet3d_patches": {}, "bennaceur2020": {}}
+
+
+def region_dice(truth: np.ndarray, labels: np.ndarray) -> dict:
+    """Dice of WT, TC and ET between regions (..., 3) and BraTS 2020 labels of the same grid."""
+    predicted = np.stack([labels > 0, np.isin(labels, (1, 4)), labels == 4], axis=-1)
+    return {r: dice(truth[..., i], predicted[..., i]) for i, r in enumerate(("WT", "TC", "ET"))}
+
+
 @pytest.mark.parametrize("name", list(RUNS))
 def test_family_overfits_one_case(small_cache, name):
     path, rate, batch, epochs = RUNS[name]
@@ -96,8 +109,11 @@ def test_family_overfits_one_case(small_cache, name):
         outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
         return regions_to_labels(output_regions(name, outputs, config), 0.5)
 
-    stop = StopAtTheBar(lambda model: dice(y[..., 0] > 0, labels_of(model) > 0) >= 0.9,
-                        every=max(1, epochs // 20))
+    def passes(model) -> bool:  # every bar this test asserts: WT 0.9, TC and ET the family's
+        scores = region_dice(y > 0, labels_of(model))
+        return scores["WT"] >= 0.9 and all(scores[r] >= CORE[name].get(r, 0.85) for r in ("TC", "ET"))
+
+    stop = StopAtTheBar(passes, every=max(1, epochs // 20))
     history = network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0,
                           callbacks=[stop])
     labels = labels_of(network)
@@ -105,3 +121,52 @@ def test_family_overfits_one_case(small_cache, name):
     losses = history.history["loss"]
     assert score >= 0.9, f"{name}: training Dice WT {score:.3f}, loss {losses[0]:.3f} -> " \
                          f"{losses[-1]:.3f} over {len(losses)} epochs"
+    scores = region_dice(y > 0, labels)
+    assert all(scores[r] >= CORE[name].get(r, 0.85) for r in ("TC", "ET")), \
+        f"{name}: training Dice {', '.join(f'{r} {v:.3f}' for r, v in scores.items())}"
+
+
+def test_an_overfit_case_through_predict_py(small_cache, tmp_path):
+    """Kermi's network overfit on one case, saved as a run, then predict.py on that case's files:
+    whole-grid slices, back on the 1 mm grid, labels in the edition's coding, read by evaluate's
+    rules. A wrong region, label or orientation anywhere on that path loses the regions."""
+    import json
+    import shutil
+
+    import nibabel as nib
+
+    import predict
+    from brats.cases import find_cases, load_case
+    from util.config import save_config
+
+    path, rate, batch, epochs = RUNS["kermi2018"]
+    config = load_config(path)
+    cache = Cache(small_cache)
+    case_id = tumour_case(cache)
+    keras.utils.set_random_seed(0)
+    family = families.family_of(config)
+    inputs, regions = family.prepare_case(cache, case_id, MODALITIES, config)
+    x, y = family.examples(inputs, regions, config, np.random.default_rng(0), augment=False)
+    network = family.build(config)
+    network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
+    network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0)
+    run = tmp_path / "run"
+    (run / "kermi2018").mkdir(parents=True)
+    save_config(config, run / "config.yaml")
+    (run / "kermi2018" / "network.json").write_text(json.dumps({"modalities": list(MODALITIES)}))
+    network.save_weights(run / "kermi2018" / "best.weights.h5")
+    [files] = [f for f in find_cases(small_cache.parent / "raw") if f.id == case_id]
+    shutil.copytree(files.images["flair"].parent, tmp_path / "input" / case_id)
+    assert predict.main(["--run", str(run), "--input", str(tmp_path / "input"),
+                         "--output", str(tmp_path / "pred")]) == 0
+    written = np.asarray(nib.load(tmp_path / "pred" / f"{case_id}.nii.gz").dataobj)
+    truth = load_case(files).seg
+    assert written.shape == truth.shape
+    scores = region_dice(np.stack([truth > 0, np.isin(truth, (1, 4)), truth == 4], axis=-1),
+                         written)
+    assert all(v >= PREDICTED[r] for r, v in scores.items()), scores
+
+
+# On the 1 mm grid from the 3 mm network; measured WT 0.878, TC 0.871, ET 0.817 (a region or
+# label swapped anywhere on the path gives about 0).
+PREDICTED = {"WT": 0.8, "TC": 0.8, "ET": 0.75}

@@ -180,7 +180,7 @@ def test_each_edition_gets_its_coding_and_file_name(trained_run, every_layout, t
     grids = once(monkeypatch, "full_grid", lambda probabilities, meta: [
         probabilities, meta["crop_offsets"], meta["downsample"], meta["original_shape"]])
     out = tmp_path / "pred"
-    assert run_predict(trained_run, every_layout / "val", out) == 0
+    assert run_predict(trained_run, every_layout / "val", out, "--ped-coding", "brats2024-ped") == 0
     assert len(networks) == len(grids) == 1
     printed = capsys.readouterr().out
     for coding in set(EDITIONS.values()):
@@ -201,7 +201,7 @@ def test_each_edition_gets_its_coding_and_file_name(trained_run, every_layout, t
 
     results = tmp_path / "results.csv"
     assert evaluate.main([str(out), str(every_layout / "gt"), "--pred-coding", "auto",
-                          "--out", str(results)]) == 0
+                          "--ped-coding", "brats2024-ped", "--out", str(results)]) == 0
     printed = capsys.readouterr().out
     assert "penalised:" not in printed and "note:" not in printed
     rows = {r["Label"]: r for r in csv.DictReader(results.open())}
@@ -210,14 +210,28 @@ def test_each_edition_gets_its_coding_and_file_name(trained_run, every_layout, t
     assert float(scores["BRATS_001"]["Dice_WT"]) > 0.6
 
 
+def test_ped_cases_stop_before_anything_is_written_unless_the_edition_is_stated(
+        trained_run, every_layout, tmp_path, capsys):
+    """BraTS 2023 PED (ET = 3) and 2024+ PED (ET = 1) share their ids: --coding auto asks for
+    --ped-coding in one line, before the output folder exists."""
+    out = tmp_path / "pred"
+    with pytest.raises(SystemExit) as stop:
+        run_predict(trained_run, every_layout / "val", out)
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 2 and error.startswith("error: BraTS-PED-10001-000: BraTS-PED cases")
+    assert "--ped-coding brats2023 or brats2024-ped" in error and not out.exists()
+    assert portal.case_codings(find_cases(every_layout / "val"), "auto", "brats2023")[
+        "BraTS-PED-10001-000"] == "brats2023"
+
+
 def test_coding_option_overrides_the_edition_and_reruns_keep_the_record(every_layout, tmp_path):
     """--coding brats2020 for every case; a rerun that skips a case keeps the coding recorded for
     it (a case written by an older predict.py keeps none: evaluate.py recognises its labels)."""
     cases = find_cases(every_layout / "val")
-    assert portal.case_codings(cases, "auto") == EDITIONS
+    assert portal.case_codings(cases, "auto", "brats2024-ped") == EDITIONS
     assert set(portal.case_codings(cases, "brats2020").values()) == {"brats2020"}
     portal.record_codings(tmp_path, {"BraTS-GLI-10001-000": "brats2020", "BRATS_001": "msd"}, set())
-    portal.record_codings(tmp_path, portal.case_codings(cases, "auto"),
+    portal.record_codings(tmp_path, portal.case_codings(cases, "auto", "brats2024-ped"),
                            kept={"BraTS-GLI-10001-000", "BraTS20_Validation_001"})
     recorded = json.loads((tmp_path / "codings.json").read_text())
     assert recorded["cases"] == {**{c: v for c, v in EDITIONS.items() if c != "BraTS20_Validation_001"},

@@ -1,9 +1,13 @@
 """runfolder.py: each run file damaged, empty, missing or foreign is one RunFileError naming it
-and what to do; the training lock refuses a second holder and takes over a stale one."""
+and what to do; the training lock refuses a second holder and takes over one nobody holds."""
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -123,19 +127,57 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
         pass
 
 
-def test_a_stale_lock_is_taken_over_with_a_note_and_another_hosts_is_not(tmp_path, capsys):
+def test_a_lock_whose_flock_is_free_is_taken_over_whatever_host_and_pid_it_names(tmp_path, capsys):
+    """An ended process on this host, another host (a container restarted after an OOM kill),
+    a pid that runs (reused): the flock is free, so nobody holds the lock."""
     folder = tmp_path / "flair"
     folder.mkdir()
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True).stdout.strip()
     stale = {"host": socket.gethostname(), "pid": int(ended), "started": "2026-01-01 00:00:00 UTC"}
-    (folder / runfolder.LOCK).write_text(json.dumps(stale))
-    with TrainingLock(folder) as lock:
-        assert json.loads(lock.path.read_text())["pid"] != int(ended)
-    assert f"taken over from process {ended} on {stale['host']}" in capsys.readouterr().out
-    elsewhere = {**stale, "host": "another-host"}
-    (folder / runfolder.LOCK).write_text(json.dumps(elsewhere))
-    with pytest.raises(runfolder.LockHeld, match="another host; if that process no longer runs, "
-                                                 "delete"):
-        TrainingLock(folder).__enter__()
-    assert json.loads((folder / runfolder.LOCK).read_text()) == elsewhere  # left as it was
+    running = os.getppid()  # a process that runs, but does not hold the flock
+    for record in (stale, {**stale, "host": "another-host"}, {**stale, "pid": running},
+                   {**stale, "host": "another-host", "pid": running}):
+        (folder / runfolder.LOCK).write_text(json.dumps(record))
+        with TrainingLock(folder) as lock:
+            assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+        printed = capsys.readouterr().out
+        assert f"taken over from process {record['pid']} on {record['host']}" in printed, printed
+        assert not (folder / runfolder.LOCK).exists()
+
+
+TRAINER = """
+import multiprocessing, sys, time
+from util.runfolder import TrainingLock
+lock = TrainingLock(sys.argv[1]).__enter__()
+worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+worker.start()
+print(worker.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_forked_worker_does_not_keep_the_lock_after_the_trainer_dies(tmp_path, capsys):
+    """A trainer holding the lock forks a data-loader-like worker, then is killed (SIGKILL, as the
+    OOM killer does): the worker lives on, the lock is free at once and taken over."""
+    folder = tmp_path / "flair"
+    root = Path(__file__).resolve().parents[1]
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(folder)], cwd=root,
+                               stdout=subprocess.PIPE, text=True)
+    worker = None
+    try:
+        worker = int(trainer.stdout.readline())
+        with pytest.raises(runfolder.LockHeld, match=f"being trained by process {trainer.pid}"):
+            TrainingLock(folder).__enter__()
+        trainer.kill()
+        trainer.wait(timeout=30)
+        os.kill(worker, 0)  # the forked worker still runs
+        with TrainingLock(folder):
+            pass
+        assert f"taken over from process {trainer.pid}" in capsys.readouterr().out
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        if worker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

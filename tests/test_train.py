@@ -419,3 +419,19 @@ def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alo
     for column in ("loss", "val_dice_mean"):
         assert float(raced[0][column]) == pytest.approx(float(alone[0][column]), rel=1e-3, abs=1e-4)
     assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, small_cache, one_epoch_run, capsys):
+    """The lock comes before any write: a second trainer with another --epochs (config.yaml) and
+    --repair (split.json) is refused and leaves the running run's files byte for byte."""
+    source, config = one_epoch_run
+    out = linked_copy(source, tmp_path / "run")
+    (out / "split.json").write_text("{")  # damaged: --repair would write it again
+    before = {name: (out / name).read_bytes() for name in ("config.yaml", "split.json")}
+    with train.TrainingLock(out / "flair"):  # the running trainer
+        with pytest.raises(SystemExit) as stop:
+            run_train("--data", small_cache, "--out", out, "--epochs", "7", "--resume", "--repair",
+                      config=config)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert stop.value.code == 2 and len(errors) == 1 and "being trained by process" in errors[0]
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -1,7 +1,7 @@
 """What predict.py leaves for a portal: label maps on the input's grid, and codings.json beside them.
 
     write_labels(labels, case, folder / f"{case.id}.nii.gz")   # uint8, the input's affine and header
-    codings = case_codings(cases, "auto")                      # case id -> its edition's coding
+    codings = case_codings(cases, "auto", ped=None)            # case id -> its edition's coding
     record_codings(folder, codings, kept=set())                # folder/codings.json, for evaluate.py
 
 Used by predict.py and by the peers of compare.py, so that every system's files are alike.
@@ -30,9 +30,10 @@ def write_labels(labels: np.ndarray, case, path: Path) -> None:
         nib.save(image, str(temporary))
 
 
-def case_codings(cases: list, stated: str) -> dict:
-    """case id -> the coding its file is written in: stated, else its edition's (codings.py)."""
-    return {files.id: stated if stated != "auto" else layout_coding(files.layout, files.id)
+def case_codings(cases: list, stated: str, ped: str | None = None) -> dict:
+    """case id -> the coding its file is written in: stated, else its edition's (codings.py; a
+    BraTS-PED case's is `ped`, EditionError naming the case when that is None)."""
+    return {files.id: stated if stated != "auto" else layout_coding(files.layout, files.id, ped)
             for files in cases}
 
 

@@ -213,17 +213,6 @@ class LockHeld(RunFileError):
     """Another process trains this network; str() names it."""
 
 
-def alive(pid: int) -> bool:
-    """Whether a process `pid` runs on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def holder(path: Path) -> dict:
     """What a lock file says: host, pid, started (empty while its holder is still writing it)."""
     with contextlib.suppress(OSError, ValueError):
@@ -240,13 +229,31 @@ def describe(lock: dict) -> str:
             f"{lock.get('started')})")
 
 
+_HELD = set()  # descriptors of the train.lock files this process holds
+
+
+def _forget_held_locks() -> None:
+    """In a forked child (a data-loader worker): close the inherited lock descriptors without
+    unlocking, so that the flock ends with the trainer and not with its last worker."""
+    for descriptor in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_locks)
+
+
 class TrainingLock:
     """FOLDER/train.lock while this process trains the network in FOLDER.
 
     It holds the host, process id and start time, and an exclusive flock that the system drops
     when the process ends however it ends. A second trainer refuses with LockHeld naming the
-    holder. A lock file whose process no longer runs (same host) is taken over with a note on
-    stdout; one from another host is never taken over (delete it when its process is gone).
+    holder. A lock file whose flock is free is held by nobody: it is taken over with a note on
+    stdout whatever host and process it names (a container restarted after an OOM kill has
+    another host name and may reuse the pid). The descriptor is not inherited: exec closes it
+    (O_CLOEXEC) and forked children (data-loader workers) close their copy at once, so the flock
+    never outlives the trainer.
     """
 
     def __init__(self, folder: Path):
@@ -256,7 +263,7 @@ class TrainingLock:
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while self.descriptor is None:
-            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -267,6 +274,7 @@ class TrainingLock:
                                f"; wait for it to end or stop it (lock: {self.path})") from None
             if self._same_file(descriptor):
                 self.descriptor = descriptor
+                _HELD.add(descriptor)
             else:  # the holder removed it between our open and flock: try again
                 os.close(descriptor)
         self._take_over(holder(self.path))
@@ -281,19 +289,10 @@ class TrainingLock:
             return False
 
     def _take_over(self, previous: dict) -> None:
-        """A lock file nobody holds: its process ended without removing it."""
-        if not previous:
-            return
-        if previous.get("host") != socket.gethostname():
-            self._leave()
-            raise LockHeld(f"{self.path.parent}: locked by {describe(previous)}, another host; "
-                           f"if that process no longer runs, delete {self.path}")
-        pid = previous.get("pid")
-        if isinstance(pid, int) and pid != os.getpid() and alive(pid):
-            self._leave()
-            raise LockHeld(f"{self.path.parent}: locked by {describe(previous)}, which still "
-                           f"runs; if it does not train this network, delete {self.path}")
-        print(f"note: {self.path}: taken over from {describe(previous)}, which no longer runs")
+        """A lock file nobody holds (its flock was free): its process ended without removing it."""
+        if previous:
+            print(f"note: {self.path}: taken over from {describe(previous)}, which no longer "
+                  f"holds it")
 
     def _write(self, value: dict) -> None:
         os.ftruncate(self.descriptor, 0)
@@ -309,6 +308,7 @@ class TrainingLock:
 
     def _leave(self) -> None:
         """Let go of the lock file as it is (its holder's record stays)."""
+        _HELD.discard(self.descriptor)
         os.close(self.descriptor)
         self.descriptor = None
 
