@@ -2,6 +2,7 @@
 measured processes): their rows, nnU-Net's own files under OUT, predictions as predict.py's.
 A worker group of its own (conftest.py), beside test_compare.py's rows of the project's systems."""
 import csv
+import json
 
 import pytest
 
@@ -42,3 +43,13 @@ def test_quick_writes_a_row_per_peer_with_its_own_files(peers_quick):
     assert (nnunet / "nnUNet_raw" / "Dataset500_SynBraTS" / "dataset.json").is_file()
     assert len(list(nnunet.glob("results/Dataset500_SynBraTS/nnUNetTrainerBudget__nnUNetPlans__"
                                 "3d_fullres/fold_0/checkpoint_final.pth"))) == 1
+
+
+def test_each_peer_records_what_its_predictions_hold(peers_quick):
+    """The note column's figures come from this run: voxels predicted per region, and for nnU-Net
+    its own output files counted beside our conversion of them (issue 31, point 5)."""
+    for name in SYSTEMS.split(","):
+        figures = json.loads((peers_quick / "results" / f"{name}.json").read_text())["measured"]
+        assert figures["cases"] == 2 and set(figures["predicted"]) == {"WT", "TC", "ET"}
+    own = json.loads((peers_quick / "results" / "nnunet.json").read_text())["measured"]["own_output"]
+    assert own["cases"] == 2 and set(own) == {"cases", "WT", "TC", "ET"}
