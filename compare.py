@@ -97,7 +97,7 @@ SYSTEMS = {
                              note="published Adam 1e-5",
                              unlearned="the published Adam 1e-5 is too slow here: its "
                                        "outputs barely move from the start, tumour almost "
-                                       "everywhere (README, \"Why the 3D U-Net learned "
+                                       "everywhere (docs/findings.md, \"Why the 3D U-Net learned "
                                        "nothing\"); see unet3d_patches_tuned"),
     "unet3d_patches_tuned": System("configs/unet3d_patches_small.yaml", "unet3d_patches_tuned",
                                    published="none (a departure: the rate is chosen here)",
@@ -106,7 +106,8 @@ SYSTEMS = {
                                              "the healthy brain as tumour: the published sampler "
                                              "trains only on sub-volumes with >= 5 % tumour, and "
                                              "the tumour-free tiles hold most false positives "
-                                             "(README, \"Why the 3D U-Net learned nothing\")"),
+                                             "(docs/findings.md, \"Why the 3D U-Net learned "
+                                             "nothing\")"),
     "bennaceur2020": System("configs/bennaceur2020_small.yaml", "bennaceur2020",
                             predict=("--postprocess", "both"),
                             published="none available"),

@@ -145,7 +145,8 @@ def main(argv: list | None = None) -> int:
     factor = args.downsample or data.downsample
     cases = find_cases(args.input)
     if not cases:
-        parser.exit(2, f"error: {args.input}: no BraTS cases found (see SPEC layouts in README)\n")
+        parser.exit(2, f"error: {args.input}: no BraTS cases found "
+                       "(the layouts read: docs/editions-and-scoring.md)\n")
     check_cache_settings(args.output, size, mode, factor)
 
     from tqdm import tqdm

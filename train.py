@@ -24,7 +24,8 @@ Any Keras backend (KERAS_BACKEND=tensorflow, the CPU default; jax, the GPU path;
     KERAS_BACKEND=jax python train.py ... --coordinator host0:1234 --num-processes 2 --process-id 0
 
 One GPU per modality: start one process per modality on the same --out, each with its own
-CUDA_VISIBLE_DEVICES (README, "Training on a GPU workstation"); networks live in separate folders.
+CUDA_VISIBLE_DEVICES (docs/running.md, "Training on a GPU workstation"); networks live in separate
+folders.
 Each network folder holds train.lock while a process trains it, taken before config.yaml or
 split.json is written: a second trainer refuses without touching the run's files.
 """

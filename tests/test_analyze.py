@@ -50,7 +50,7 @@ def test_analyze_a_trained_run(trained_run, capsys):
     """The learning check's FLAIR run: table printed, CSV written, the 2D branch carries the tumour.
 
     With the small config's skip dropout the branch alone segments and its decoded image shows the
-    tumour (README, "Making the 2D branch matter": 0.35 and contrast 5-7, against 0.00 and below 1
+    tumour (docs/findings.md, "Making the 2D branch matter": 0.35 and contrast 5-7, against 0.00 and below 1
     for the paper's settings).
     """
     assert analyze.main(["--run", str(trained_run)]) == 0

@@ -6,7 +6,7 @@ inference conversion, then predict.regions_to_labels, as predicted_labels does).
 in that chain (a label coding swapped, targets that do not move with their images, an output
 channel read as another) keeps the training Dice on WT far below 0.9. The optimizer is Adam for
 every family, at a rate that overfits in a few hundred steps: the published schedules are not
-under test here (README, "Why the 3D U-Net learned nothing" for the 3D U-Net's rate).
+under test here (docs/findings.md, "Why the 3D U-Net learned nothing" for the 3D U-Net's rate).
 """
 import dataclasses
 

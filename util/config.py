@@ -68,7 +68,8 @@ class ModelConfig:
     encoder_dropout: float = 0.2
     decoder_dropout: float = 0.5
     groupnorm_groups: int = 8
-    # Departures from the paper, each off by default (README, "Making the 2D branch matter"):
+    # Departures from the paper, each off by default (docs/findings.md, "Making the 2D branch
+    # matter"):
     backbone_input_scale: float = 1.0  # x this before the backbone's own 1/255 rescaling
     norm_2d: str = "batch"  # "batch" (paper) or "group": normalisation of backbone and 2D decoder
     decoder_upsampling: str = "transpose"  # "transpose" (paper) or "resize" (bilinear + conv)
@@ -76,9 +77,10 @@ class ModelConfig:
     skip_dropout_levels: tuple = (1, 2, 3)  # which skips it drops: 1 full depth ... 3 deepest
     skip_dropout_decay_epochs: int = 0  # > 0: the rate falls linearly to skip_dropout_final
     skip_dropout_final: float = 0.0  # the rate from epoch skip_dropout_decay_epochs on
-    # Training memory (README, "Training memory"): the 3D levels listed (1 full depth D, 2 D/f1,
-    # 3 D/(f1 f2), 4 depth 3; each a residual block with its strided or upsampling step, encoder and
-    # decoder alike) recompute their inner maps in the backward pass instead of keeping them
+    # Training memory (docs/configurations.md, "Training memory"): the 3D levels listed (1 full
+    # depth D, 2 D/f1, 3 D/(f1 f2), 4 depth 3; each a residual block with its strided or upsampling
+    # step, encoder and decoder alike) recompute their inner maps in the backward pass instead of
+    # keeping them
     remat_levels: tuple = ()
 
 
