@@ -19,7 +19,7 @@ and peak memory, next to each system's published figures.
 
 A system whose result is there is not trained or scored again; a training that did not finish is
 started afresh. Ben naceur is trained once and predicted with and without its post-processings.
-The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own tools (peers/rows.py)
+The peers nnunet and segresnet (nnU-Net v2, MONAI's SegResNet) run their own tools (peers/compare_rows.py)
 in the same measured processes, into the same predictions and rows.
 unet3d_patches_tuned first runs lr_range.py on the training cases (OUT/runs/<run>.lr_range.json)
 and trains with the chosen Adam rate (OUT/runs/<run>.yaml). The table's note column says what a
@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 
 from scoring import diagnosis  # noqa: E402
 from scoring.comparison import chart, markdown, write_csv  # noqa: E402
-from util.measure import measured, write_json  # noqa: E402
-from util.outputs import atomic, check_folder, exits_cleanly  # noqa: E402
+from util.measure import measured  # noqa: E402
+from util.outputs import atomic, check_folder, exits_cleanly, write_json  # noqa: E402
 from util.runfolder import (RunFileError, read_config, read_history, read_json,  # noqa: E402
                             read_network)
 
@@ -75,7 +75,7 @@ class System:
     predict: tuple = ()
     networks: int = 1
     published: str = ""
-    peer: str = ""  # a peer system's tool (peers/rows.py runs it), instead of train/predict.py
+    peer: str = ""  # a peer system's tool (peers/compare_rows.py runs it), instead of train/predict.py
     note: str = ""
     unlearned: str = "cause not investigated"
     lr_range: bool = False
@@ -266,7 +266,7 @@ def compared(name: str, paths: dict, args) -> dict | None:
                          f"delete it to train and score {name} again")
     system = SYSTEMS[name]
     if system.peer:
-        from peers import rows as peer_rows
+        from peers import compare_rows as peer_rows
     training = (peer_rows.trained if system.peer else trained)(name, system, paths, args)
     if training is None:
         return None

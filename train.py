@@ -47,9 +47,9 @@ from datasets.cache import Cache, CacheError  # noqa: E402
 from systems import families  # noqa: E402
 from util.config import Config, ConfigError, load_config  # noqa: E402
 from util.devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
-from util.outputs import exits_cleanly  # noqa: E402
+from util.outputs import exits_cleanly, write_json  # noqa: E402
 from util.resume import (RunError, check_checkpoint_agrees, continue_from_best,  # noqa: E402
-                         loading_checkpoint, prepare_run, resumed_state, trim_history, write_json)
+                         loading_checkpoint, prepare_run, resumed_state, trim_history)
 from util.runfolder import LAST, TrainingLock  # noqa: E402
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

@@ -181,7 +181,7 @@ def inference_row(args) -> dict:
     if system == "een":
         inference.make_run(root, sizes["een_config"])
     else:
-        from peers.common import without_tensorflow
+        from peers.plumbing import without_tensorflow
 
         without_tensorflow()
     with timing_turn(args.lock):

@@ -293,7 +293,7 @@ def worker(args) -> dict:
     system, precision, tta = ROWS[args.row]
     if system == "een":
         return een_row(args, precision, tta)
-    from peers.common import without_tensorflow
+    from peers.plumbing import without_tensorflow
 
     without_tensorflow()  # MONAI would import TensorFlow through tensorboard
     return nnunet_row(args, tta) if system == "nnunet" else segresnet_row(args)

@@ -30,7 +30,7 @@ import traceback
 from pathlib import Path
 
 from util.outputs import exits_cleanly
-from peers.common import (PeerError, epoch_row, prediction_cases, require, split_cases,
+from peers.plumbing import (PeerError, epoch_row, prediction_cases, require, split_cases,
                           without_tensorflow, write_case_labels, write_history, write_record)
 from peers.nnunet_data import DATASET, DATASET_ID, FACTOR
 

@@ -72,7 +72,7 @@ def nnunet_to_regions(labels: np.ndarray) -> np.ndarray:
 def on_case_grid(labels: np.ndarray, shape: tuple) -> np.ndarray:
     """nnU-Net's 3 mm labels -> region probabilities (X, Y, Z, 3) WT, TC, ET on the case's 1 mm
     grid (linear, as predict.py brings back the other rows' 3 mm probabilities); compare.py's
-    nnunet row writes them with peers.common.write_case_labels (threshold 0.5)."""
+    nnunet row writes them with peers.plumbing.write_case_labels (threshold 0.5)."""
     from datasets.volumes import upsample
 
     return upsample(nnunet_to_regions(labels).astype(np.float32), FACTOR, shape)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from util.outputs import atomic, exits_cleanly
-from peers.common import (Budget, PeerError, epoch_row, prediction_cases, require, split_cases,
+from peers.plumbing import (Budget, PeerError, epoch_row, prediction_cases, require, split_cases,
                           without_tensorflow, write_case_labels, write_history, write_record)
 
 TUTORIAL_EPOCHS = 300  # the tutorial's max_epochs, the cosine schedule's period

@@ -1,4 +1,4 @@
-"""compare.py --quick with the peers nnU-Net v2 and MONAI's SegResNet (peers/rows.py in compare's
+"""compare.py --quick with the peers nnU-Net v2 and MONAI's SegResNet (peers/compare_rows.py in compare's
 measured processes): their rows, nnU-Net's own files under OUT, predictions as predict.py's.
 A worker group of its own (conftest.py), beside test_compare.py's rows of the project's systems."""
 import csv

@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 
 import synthetic
-from peers.common import write_case_labels
+from peers.plumbing import write_case_labels
 from peers.nnunet_data import FACTOR, own_voxels, on_case_grid, regions_to_nnunet
 from scoring import diagnosis
 
@@ -66,7 +66,8 @@ def test_nnunet_core_survives_compare_pys_conversion(tmp_path):
     labels = regions_to_nnunet(coarse)
     save(labels, tmp_path / "own" / "BraTS20_Validation_001.nii.gz")
     case = SimpleNamespace(id="BraTS20_Validation_001", affine=synthetic.BRATS_AFFINE,
-                           header=nib.Nifti1Header())
+                           header=nib.Nifti1Header(), file_affine=None,  # a file in BraTS order
+                           to_file_grid=lambda labels: labels)
     written = write_case_labels(case, on_case_grid(labels, SHAPE), "brats2020", tmp_path)
     ours = {"WT": (written > 0).sum(), "TC": np.isin(written, (1, 4)).sum(),
             "ET": (written == 4).sum()}

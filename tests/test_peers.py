@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from peers import nnunet_data, rows
+from peers import compare_rows, nnunet_data
 from peers.nnunet_data import (brats_to_nnunet, coarse_affine, coarse_regions, nnunet_to_brats,
                                nnunet_to_regions, regions_to_nnunet)
 from datasets.volumes import label_regions
@@ -81,9 +81,9 @@ def test_a_missing_package_and_an_untrained_run_are_one_line(tmp_path, capsys, m
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "nnunetv2" else real(name, *a))
-    assert rows.missing("peers.nnunet") == ("the nnunetv2 package not installed (make setup: "
+    assert compare_rows.missing("peers.nnunet") == ("the nnunetv2 package not installed (make setup: "
                                             "requirements-dev.txt pins them)")
-    assert rows.missing("peers.segresnet") == ""
+    assert compare_rows.missing("peers.segresnet") == ""
     monkeypatch.undo()
     monkeypatch.setattr(segresnet, "without_tensorflow", lambda: None)  # not in this process
     error = one_line_error(capsys, segresnet.main, ["predict", "--run", tmp_path, "--input",

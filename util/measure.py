@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from util.outputs import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +49,3 @@ def measured(tool: str, argv: list, log: Path) -> dict:
         return {"status": process.returncode or 1, "seconds": float("nan"), "peak_bytes": 0}
     return json.loads(record.read_text())
 
-
-def write_json(path: Path, value) -> None:
-    with atomic(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))

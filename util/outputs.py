@@ -6,6 +6,7 @@ end a tool with one line `error: <path>: <reason>` instead of a traceback.
         check_folder(args.out)              # a wrong --out fails now, not after hours of work
         with atomic(args.out / "x.npy") as temporary:
             np.save(temporary, x)           # x.npy appears only when complete
+        write_json(args.out / "record.json", record)   # the same, for a JSON record
 
 A disk that fills up midway (ENOSPC, quota, I/O error) thus leaves the files already written
 intact and nothing half-written under a final name; a rerun continues from there.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import json
 import os
 import shutil
 import sys
@@ -107,6 +109,12 @@ def atomic(path):
         if problem is None:
             raise
         raise problem from None
+
+
+def write_json(path: Path, value) -> None:
+    """`value` as indented JSON at `path`, atomically (temporary name, then rename)."""
+    with atomic(path) as temporary:
+        temporary.write_text(json.dumps(value, indent=1))
 
 
 def exits_cleanly(*errors):

@@ -10,14 +10,13 @@ best.weights.h5, with a new history.csv, with split.json written again), each ti
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from util.config import Config, save_config
-from util.outputs import atomic, check_folder
+from util.outputs import atomic, check_folder, write_json
 from util.runfolder import (BEST, LAST, RESTORE, RunFileError, checkpoint_problem, history_rows,
                             loading, read_config, read_network, read_split, read_state,
                             refusal)
@@ -34,12 +33,6 @@ def split_cases(ids: list, fraction: float, seed: int) -> dict:
     order = np.random.default_rng(seed).permutation(sorted(ids)).tolist()
     held_out = max(1, round(len(ids) * fraction)) if fraction > 0 else 0
     return {"train": sorted(order[held_out:]), "validation": sorted(order[:held_out])}
-
-
-def write_json(path: Path, value) -> None:
-    """Atomic JSON write (temporary name, then rename)."""
-    with atomic(path) as temporary:
-        temporary.write_text(json.dumps(value, indent=1))
 
 
 def prepare_run(out: Path, config: Config, cache, networks: dict, resume: bool,

@@ -1,7 +1,7 @@
 """What the peers share: the training split, the wall-clock budget, per-epoch timings and the
 record compare.py reads, and writing a case's labels as predict.py does.
 
-    split = split_cases(ids)                          # the 80/20 split train.py makes (seed 0)
+    split = split_cases(ids)                          # train.py's split, small.yaml's fraction, seed
     clock = Budget(minutes, epochs)                   # clock.spent(epochs_done): stop after it
     history.append(epoch_row(epoch, steps, train_s, epoch_s, loss=...)); write_history(...)
     write_record(run, parameters, history)            # run/peer.json: what compare.py reads
@@ -19,6 +19,7 @@ import numpy as np
 
 from util.outputs import atomic
 
+SPLIT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "small.yaml"  # compare.py's EEN row
 RECORD = "peer.json"  # in the run folder: parameters, epochs, seconds per epoch and per step
 
 
@@ -43,13 +44,16 @@ def require(package: str, pip_name: str) -> None:
                         f"requirements.txt -r requirements-dev.txt)")
 
 
-def split_cases(ids: list, fraction: float = 0.2, seed: int = 0) -> dict:
-    """train.py's split (util.resume.split_cases) with the small configs' fraction and seed, so
-    that every row holds out the same cases."""
+def split_cases(ids: list, config_path: Path = SPLIT_CONFIG) -> dict:
+    """train.py's split (util.resume.split_cases) with the validation fraction and seed of
+    `config_path` (default: the comparison's EEN row, configs/small.yaml), so that every row holds
+    out the same cases."""
+    from util.config import load_config
     from util.resume import RunError, split_cases as run_split
 
+    train = load_config(config_path).train
     try:
-        return run_split(ids, fraction, seed)
+        return run_split(ids, train.validation_fraction, train.seed)
     except RunError as error:
         raise PeerError(str(error)) from None
 

@@ -17,7 +17,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from util.measure import measured, write_json
+from util.measure import measured
+from util.outputs import write_json
 from util.runfolder import read_json
 
 PACKAGES = {"peers.nnunet": ("nnunetv2", "torch"), "peers.segresnet": ("monai", "torch")}
