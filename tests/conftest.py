@@ -41,6 +41,7 @@ GROUP_SECONDS = {
     "test_overfit.py[een]": 250, "test_overfit.py[kermi2018]": 60,
     "test_overfit.py[bennaceur2020]": 40, "test_overfit.py[unet3d_patches]": 20,
     "test_overfit.py": 60, "test_backends.py": 150, "trained_run_writers": 120,
+    "test_prepare.py": 400, "test_container.py": 100, "test_bench_inference.py": 60,
 }
 
 
