@@ -98,9 +98,9 @@ def predict_case(files, networks: list, config: Config, args,
                  more_outputs: Callable | None = None) -> np.ndarray:
     """Segment one case, write its file(s) and return its label map.
 
-    more_outputs(case, labels, coding), when given, writes whatever else the caller wants from the
-    (H, W, D) labels in the BraTS 2020 coding (predict.py: the native-space labels of a prepared
-    case). The label map is written last: its presence marks the case finished for a rerun.
+    more_outputs(case, labels, coding, output folder), when given, writes whatever else the caller
+    wants from the (H, W, D) labels in the BraTS 2020 coding (predict.py: the native-space labels
+    of a prepared case). The label map is written last: its presence marks the case finished for a rerun.
     """
     case = load_case(dataclasses.replace(files, seg=None))  # labels unread: any edition's will do
     coding = getattr(args, "codings", {}).get(case.id, "brats2020")  # default: the 2020 coding
@@ -109,7 +109,7 @@ def predict_case(files, networks: list, config: Config, args,
         labels = families.predicted_labels(network.activate(), case, network.modalities, config,
                                            args.et_min_voxels)
         if more_outputs:
-            more_outputs(case, labels, coding)
+            more_outputs(case, labels, coding, args.output)
         labels = recode(labels, "brats2020", coding)
         write_labels(labels, case, args.output / f"{case.id}.nii.gz")
         return labels
@@ -120,7 +120,7 @@ def predict_case(files, networks: list, config: Config, args,
     probabilities = full_grid(cropped, meta)
     labels = regions_to_labels(probabilities, args.threshold, args.et_min_voxels)
     if more_outputs:
-        more_outputs(case, labels, coding)
+        more_outputs(case, labels, coding, args.output)
     labels = recode(labels, "brats2020", coding)
     if getattr(args, "save_probabilities", False):
         with atomic(args.output / f"{case.id}_probabilities.npz") as temporary:
