@@ -92,10 +92,11 @@ def segment(run: Path, input_folder: Path, output: Path, tta: bool, precision: s
     cases = find_cases(input_folder)
     if not cases:
         raise CaseError(f"{input_folder}: no BraTS cases found")
+    codings = case_codings(cases, "auto", ped_coding)  # before anything is written
     check_folder(output)
     config, networks, weights = load_ensemble(run, precision, ensemble)
     tta = tta and config.model.family == "een"  # the baselines published no TTA
-    options = argparse.Namespace(output=output, codings=case_codings(cases, "auto", ped_coding), tta=tta,
+    options = argparse.Namespace(output=output, codings=codings, tta=tta,
                                  threshold=0.5, et_min_voxels=0, weights=weights,
                                  save_probabilities=False)
     print(f"{len(cases)} cases from {input_folder}; {run}: {', '.join(n.name for n in networks)} "

@@ -114,7 +114,8 @@ def test_the_2025_interface_on_a_read_only_input_without_network(tiny_run, cases
     assert snapshot(data) == before
     reference = tmp_path / "predict"  # predict.py on the same cases: the same labels
     assert predict.main(["--run", str(tiny_run), "--input", str(cases), "--output",
-                         str(reference), "--ensemble", "fitted"]) == 0
+                         str(reference), "--ensemble", "fitted",
+                         "--ped-coding", "brats2024-ped"]) == 0
     for files in good:
         source, written = nib.load(files.images["t1"]), nib.load(out / f"{files.id}.nii.gz")
         labels = np.asanyarray(written.dataobj)
