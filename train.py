@@ -47,7 +47,7 @@ from datasets.cache import Cache, CacheError  # noqa: E402
 from systems import families  # noqa: E402
 from util.config import Config, ConfigError, load_config  # noqa: E402
 from util.devices import Cluster, PlacementError, cpu_replica_environment, place  # noqa: E402
-from util.outputs import exits_cleanly, write_json  # noqa: E402
+from util.outputs import check_folder, exits_cleanly, write_json  # noqa: E402
 from util.resume import (RunError, check_checkpoint_agrees, continue_from_best,  # noqa: E402
                          loading_checkpoint, prepare_run, resumed_state, trim_history)
 from util.runfolder import LAST, TrainingLock  # noqa: E402
@@ -344,6 +344,7 @@ def main(argv: list | None = None) -> int:
                       Cluster(args.coordinator, args.num_processes, args.process_id))
     out = args.out / f"process{placement.process}" if placement.process else args.out
     status, shared = 0, {}  # shared: one compiled model for the same-shaped networks
+    check_folder(out)  # a file in the way or no permission: one line naming --out
     with contextlib.ExitStack() as held, terminated_as_exit():
         for name in networks:  # one trainer per network folder, from now until this one ends,
             held.enter_context(TrainingLock(out / name))  # taken before anything is written

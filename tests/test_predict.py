@@ -16,7 +16,7 @@ from brats.codings import CODINGS, recode
 from util.config import load_config
 from tests.conftest import SEED, cut, linked_copy, one_line_error
 from datasets import volumes
-from systems import networks
+from systems import inference, networks
 from util import portal
 
 
@@ -157,8 +157,9 @@ def every_layout(tmp_path_factory):
 
 
 def once(monkeypatch, name: str, inputs) -> dict:
-    """Replace predict.<name> by a memo of it, keyed by the bytes of inputs(*arguments)."""
-    real, computed = getattr(predict, name), {}
+    """Replace systems.inference.<name> (what predict.py runs) by a memo of it, keyed by the bytes
+    of inputs(*arguments)."""
+    real, computed = getattr(inference, name), {}
 
     def memo(*arguments):
         key = b"|".join(np.ascontiguousarray(a).tobytes() for a in inputs(*arguments))
@@ -166,7 +167,7 @@ def once(monkeypatch, name: str, inputs) -> dict:
             computed[key] = real(*arguments)
         return computed[key]
 
-    monkeypatch.setattr(predict, name, memo)
+    monkeypatch.setattr(inference, name, memo)
     return computed
 
 
