@@ -45,19 +45,33 @@ GROUP_SECONDS = {
 }
 
 
-def group_of(item) -> str:
-    """The item's xdist group: its file, SHARED_WORKER's shared name, or file[parameter]."""
-    name = item.path.name
-    if name in SPLIT_BY_PARAMETER and hasattr(item, "callspec"):
-        return f"{name}[{item.callspec.id}]"
+def group_of(nodeid: str) -> str:
+    """A test's worker group: its file, SHARED_WORKER's shared name, or file[parameter]."""
+    name = nodeid.split("::")[0].rsplit("/", 1)[-1]
+    if name in SPLIT_BY_PARAMETER and nodeid.endswith("]"):
+        return name + nodeid[nodeid.index("["):]
     return SHARED_WORKER.get(name, name)
 
 
 def pytest_collection_modifyitems(items):
-    """xdist groups (with --dist loadgroup), the longest groups first (GROUP_SECONDS)."""
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of(item)))
-    items.sort(key=lambda item: -GROUP_SECONDS.get(group_of(item), 0))  # stable: file order kept
+    """The longest groups first (GROUP_SECONDS); the file order is kept within a group."""
+    items.sort(key=lambda item: -GROUP_SECONDS.get(group_of(item.nodeid), 0))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With --dist loadgroup, a group (group_of) is one unit of work, given whole to one worker in
+    collection order. The group is read from the test's id here, in the controller: xdist 3.8's
+    own loadgroup reads xdist_group marks into a suffix of the test's id, which pytest 9's ids
+    no longer take, so every test became a group of its own (tests/test_scheduling.py)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    return GroupScheduling(config, log)
 
 
 def built_once(tmp_path_factory, name: str, build) -> Path:
