@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: setup runtime atlas test demo bench container clean
+.PHONY: setup runtime atlas test test-full demo bench container clean
 
 # runtime: what the tools need (requirements.txt); setup adds the tests' and notebooks' packages
 # and the other Keras backends (requirements-dev.txt, about a minute more to install).
@@ -36,8 +36,13 @@ $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $@
 
+TEST := $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
 test: setup
-	$(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
+	$(TEST)
+
+# test-full: the same suite with the checks that make test runs smaller at full size (README).
+test-full: setup
+	EEN_TEST_FULL=1 $(TEST)
 
 demo: runtime
 	$(PY) demo.py --out $(DEMO)

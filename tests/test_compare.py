@@ -102,18 +102,30 @@ def test_a_rerun_trains_and_predicts_nothing_again(quick, capsys):
     assert table(quick) == before
 
 
-def test_an_unfinished_training_is_started_afresh(tmp_path, quick):
-    """A run folder without training.json (a killed compare) is removed, then trained again."""
+def test_an_unfinished_training_is_started_afresh(tmp_path, quick, monkeypatch):
+    """A run folder without training.json (a killed compare) is removed, then trained again.
+    compare.trained with train.py run in this process rather than in compare's measured child
+    (which every row of `quick` runs), and no prediction: the restart is what is under test."""
+    import argparse
+    import importlib
     import shutil
 
-    shutil.copytree(quick / "data", tmp_path / "data")
-    run = tmp_path / "out" / "runs" / "bennaceur2020"
-    run.mkdir(parents=True)
+    def in_process(tool, argv, log):
+        status = importlib.import_module(tool).main([str(a) for a in argv])
+        return {"status": status, "seconds": 1.0, "peak_bytes": 1}
+
+    monkeypatch.setattr(compare, "measured", in_process)
+    paths = {"runs": tmp_path / "runs", "cache": quick / "cache"}
+    run = paths["runs"] / "bennaceur2020"
+    shutil.copytree(quick / "runs" / "bennaceur2020", run)
+    (run / "training.json").unlink()  # killed before compare recorded the training
     (run / "stale.txt").write_text("from a killed run")
-    assert compare.main(["--out", str(tmp_path / "out"), "--quick", "--systems", "bennaceur2020",
-                         "--data", str(tmp_path / "data"), "--cache", str(quick / "cache")]) == 0
+    args = argparse.Namespace(budget_minutes=0.5, epochs=1, quick=True)
+    record = compare.trained("bennaceur2020", compare.SYSTEMS["bennaceur2020"], paths, args)
     assert not (run / "stale.txt").exists()
+    assert record["epochs"] == [1] and record["parameters"] == 130_180
     assert json.loads((run / "training.json").read_text())["epochs"] == [1]
+    assert len((run / "bennaceur2020" / "history.csv").read_text().splitlines()) == 2
 
 
 def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):

@@ -214,16 +214,6 @@ def test_preprocess_full_disk_then_the_rerun_equals_an_undisturbed_run(tmp_path,
     assert_same_files(out, cache_dir)
 
 
-@pytest.fixture(scope="module")
-def eager():
-    """Keras steps run eagerly: these tests need the files, and skip 25 s of tracing per run."""
-    import tensorflow as tf
-
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
-
-
 def train_args(cache: Path, out: Path, *extra) -> list:
     return ["--config", SMALL, "--data", cache, "--out", out, "--verbose", "0", *extra]
 
@@ -233,24 +223,16 @@ def run_train(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory, brats2020_dir):
-    """The 3 conftest cases preprocessed for configs/small.yaml: 2 training, 1 validation."""
-    out = tmp_path_factory.mktemp("tiny") / "cache"
-    assert preprocess.main([str(brats2020_dir), str(out), "--config", str(SMALL)]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_cache, eager):
-    """The FLAIR network of configs/small.yaml after one epoch (2 steps) on tiny_cache."""
+def tiny_run(tmp_path_factory, small3_cache, eager):
+    """The FLAIR network of configs/small.yaml after one epoch (2 steps) on small3_cache."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    assert run_train(tiny_cache, out, "--epochs", "1") == 0
+    assert run_train(small3_cache, out, "--epochs", "1") == 0
     return out
 
 
 def test_train_full_disk_keeps_the_last_checkpoint_and_resume_equals_undisturbed(
-        tmp_path, blocker, tiny_cache, tiny_run, capsys):
-    cache = tiny_cache
+        tmp_path, blocker, small3_cache, tiny_run, capsys):
+    cache = small3_cache
     line, _ = fails(capsys, train.main, *train_args(cache, blocker / "run"))
     assert line == under_a_file(blocker, "run")
     reference, out = tmp_path / "reference", tmp_path / "run"

@@ -167,6 +167,8 @@ def test_an_overfit_case_through_predict_py(small_cache, tmp_path):
     assert all(v >= PREDICTED[r] for r, v in scores.items()), scores
 
 
-# On the 1 mm grid from the 3 mm network; measured WT 0.878, TC 0.871, ET 0.817 (a region or
-# label swapped anywhere on the path gives about 0).
-PREDICTED = {"WT": 0.8, "TC": 0.8, "ET": 0.75}
+# On the 1 mm grid from the 3 mm network. Measured in two runs of the suite: WT 0.878, TC 0.871,
+# ET 0.817 and WT 0.849, TC 0.796, ET 0.732 (the same seed: TensorFlow's multithreaded CPU
+# kernels do not sum in a fixed order, and 360 steps carry the difference). A region or label
+# swapped anywhere on the path puts a region on another tissue (about 0).
+PREDICTED = {"WT": 0.75, "TC": 0.7, "ET": 0.65}

@@ -146,12 +146,23 @@ def test_a_lock_whose_flock_is_free_is_taken_over_whatever_host_and_pid_it_names
         assert not (folder / runfolder.LOCK).exists()
 
 
+# The worker says it has started (so fork's after-child handlers have run) before its pid is given.
 TRAINER = """
 import multiprocessing, sys, time
 from util.runfolder import TrainingLock
+
+
+def work(started):
+    started.set()
+    time.sleep(120)
+
+
 lock = TrainingLock(sys.argv[1]).__enter__()
-worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(120,))
+fork = multiprocessing.get_context("fork")
+started = fork.Event()
+worker = fork.Process(target=work, args=(started,))
 worker.start()
+assert started.wait(60)
 print(worker.pid, flush=True)
 time.sleep(120)
 """
