@@ -348,18 +348,19 @@ def main(argv: list | None = None) -> int:
     with contextlib.ExitStack() as held, terminated_as_exit():
         for name in networks:  # one trainer per network folder, from now until this one ends,
             held.enter_context(TrainingLock(out / name))  # taken before anything is written
+        held.callback(release_datasets, shared)
         split = prepare_run(out, config, cache, networks, args.resume, args.repair)
         for name, modalities in networks.items():
             status |= train_network(out, name, modalities, config, cache, split, args,
                                     placement, shared)
-        release_datasets(shared)
     return status
 
 
 def release_datasets(shared: dict) -> None:
-    """Free the models and the dataset iterators Keras keeps on them while Python still runs:
-    under MirroredStrategy, a multi-device iterator left to the interpreter's exit waits on its
-    Python generator, which no longer runs, and the process hung at exit for minutes."""
+    """Free the models and the dataset iterators Keras keeps on them while Python still runs,
+    after training or an error: under MirroredStrategy a multi-device iterator left to the
+    interpreter's exit waits for its Python generator, which no longer runs, and a run that had
+    failed hung at exit (seen for 10 minutes, until killed)."""
     import gc
 
     shared.clear()

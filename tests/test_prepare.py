@@ -188,6 +188,20 @@ def test_a_wrong_mask_or_a_series_off_the_brain_is_refused(voxels, covered, expe
     assert list(out.iterdir()) == []  # no case, no temporary folder
 
 
+@pytest.mark.parametrize("device, mode, tta", [("cpu", "fast", False), ("cuda", "accurate", True)])
+def test_hd_bet_is_fast_on_the_cpu_and_accurate_on_a_gpu_by_default(device, mode, tta, series,
+                                                                    tmp_path, monkeypatch):
+    import torch
+
+    seen = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(brainles, "prepare_patient", lambda *args: seen.update(
+        mode=args[4], tta=args[5], device=args[6], atlas_correction=args[7]))
+    assert prepare.main([str(a) for a in args_for(series, tmp_path / "out")]
+                        + ["--device", device]) == 0
+    assert seen == {"mode": mode, "tta": tta, "device": device, "atlas_correction": True}
+
+
 def test_a_patient_folder_names_its_series():
     found = find_series(real_folder() / PATIENT)
     assert sorted(found) == ["flair", "t1", "t1c", "t2"]
