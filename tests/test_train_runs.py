@@ -1,7 +1,7 @@
 """A run's life under train.py: resume, repair, a NaN stop, two replicas, four modalities, and
 two trainers of one network. The runs train the small config on small3_cache (two steps an
-epoch; the two-replica run on small_cache): what is under test is how a run goes on, not what it
-learns (tests/test_train.py)."""
+epoch; the two-replica run on small_cache), eagerly in this process: what is under test is how a
+run goes on, not what it learns or how fast (tests/test_train.py)."""
 import json
 import os
 import shutil
@@ -21,6 +21,15 @@ from tests.conftest import cut, linked_copy
 from tests.test_train import expect_error, history, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings(  # from the eager fixture; tf.data stays compiled
+    "ignore:Even though the `tf.config.experimental_run_functions_eagerly`:UserWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def steps_in_process_run_eagerly(eager):
+    """The trainings in this process skip TensorFlow's tracing (about 25 s a run for two steps);
+    the trainings in subprocesses (two replicas, the lock test's trainers) are traced as usual."""
+    yield
 
 
 @pytest.fixture(scope="module")
