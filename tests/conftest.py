@@ -14,13 +14,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("EEN_TEST_THREADS", "1") != "0":
-    # one thread per op in each worker (TensorFlow, OpenMP, XLA on the CPU), inherited by the
-    # tools the tests start, so that two workers share two cores without oversubscribing them
-    # (docs/test-durations.md); EEN_TEST_THREADS=N sets N, EEN_TEST_THREADS=0 the libraries' own
-    for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(name, os.environ.get("EEN_TEST_THREADS", "1"))
-    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
 
 import pytest  # noqa: E402
 

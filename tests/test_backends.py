@@ -33,9 +33,8 @@ CROP = (slice(16, 48), slice(16, 48), slice(18, 30))  # 32x32x12 out of the smal
 
 
 def backend_env(backend: str) -> dict:
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-    return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags,
-            "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": "--xla_backend_optimization_level=0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @pytest.fixture(scope="module")
