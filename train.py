@@ -83,11 +83,10 @@ def make_dataset(cache: Cache, ids: list, modalities: tuple, batch: int, seed: i
                        randomise=randomise)
 
 
-def validation_ids(ids: list, replicas: int, backend: str) -> list:
-    """The held-out cases validated on: all of them, except that JAX over several devices needs
-    every batch to split evenly, so the count is cut to a multiple of the device count."""
-    if backend != "jax" or replicas == 1:
-        return ids
+def validation_ids(ids: list, replicas: int) -> list:
+    """The held-out cases validated on: all of them on one replica; over several, a multiple of
+    the replica count, since every replica needs a share of each batch (JAX splits the batch
+    evenly; TensorFlow's MirroredStrategy handed a replica an empty share, and the step failed)."""
     return ids[:len(ids) // replicas * replicas]
 
 
@@ -207,7 +206,7 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
         config, model=dataclasses.replace(config.model, channels=len(modalities)))
     train_ids = split["train"]
     val_ids = (split["validation"] if config.model.family != "een"  # whole batches of examples
-               else validation_ids(split["validation"], placement.replicas, args.backend))
+               else validation_ids(split["validation"], placement.replicas))
     if config.model.family != "een":
         model, train_data, val_data = family_training(
             network_config, cache, train_ids, val_ids, modalities, batch, placement, args.jit,
@@ -231,7 +230,10 @@ def train_network(out: Path, name: str, modalities: tuple, config: Config, cache
                                 args.precision)
     chain, guard = callbacks(folder, state, config, bool(val_ids), args.resume and start > 0,
                              args.max_minutes)
-    print(f"{name}: {len(train_ids)} training / {len(val_ids)} validation cases, "
+    left_out = len(split["validation"]) - len(val_ids)
+    validated = f"{len(val_ids)} validation cases" + (
+        f" ({left_out} left out: each replica validates an equal share)" if left_out else "")
+    print(f"{name}: {len(train_ids)} training / {validated}, "
           f"epochs {start + 1}-{config.train.epochs}, global batch {batch} "
           f"on {placement.description}, {args.backend}, {args.precision}"
           + (", XLA" if args.jit and args.backend == "tensorflow" else ""))

@@ -7,6 +7,7 @@ exhaust a 24 GB machine; SHARED_WORKER), and the session fixtures
 below are built once for both workers: the first to need one builds it under a file lock, the
 other waits and reuses it.
 """
+import contextlib
 import fcntl
 import os
 import shutil
@@ -20,6 +21,9 @@ import pytest  # noqa: E402
 import synthetic  # noqa: E402
 
 SEED = 7
+# make test-full (EEN_TEST_FULL=1): the checks that make test runs smaller, at their full size
+# (README, docs/test-durations.md).
+FULL = os.environ.get("EEN_TEST_FULL") == "1"
 # Test files that must share a worker (pytest-xdist groups); any other file is a group of its own.
 SHARED_WORKER = {
     **dict.fromkeys(("test_model.py", "test_baselines.py", "test_full_multimodal.py",
@@ -136,26 +140,38 @@ def small3_cache(tmp_path_factory, brats2020_dir):
     return built_once(tmp_path_factory, "small3", build) / "cache"
 
 
-@pytest.fixture(scope="module")
-def eager():
-    """Keras steps run eagerly: for tests that need a run's files, not its speed (tracing a
-    small-config step takes about 25 s per run)."""
+@contextlib.contextmanager
+def steps_run_eagerly(flag: bool):
+    """Keras steps (TensorFlow's functions) eager or traced inside the block, as before after."""
     import tensorflow as tf
 
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
+    before = tf.config.functions_run_eagerly()
+    tf.config.run_functions_eagerly(flag)
+    try:
+        yield
+    finally:
+        tf.config.run_functions_eagerly(before)
+
+
+@pytest.fixture(scope="module")
+def eager():
+    """Keras steps run eagerly: for tests that need a run's files or a step's numbers, not its
+    speed (tracing a small-config training step takes about 20 s, its prediction 2.5 s)."""
+    with steps_run_eagerly(True):
+        yield
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_cache):
-    """The learning check's run: the FLAIR network of the small config, 13 cases, 10 epochs."""
+    """The learning check's run: the FLAIR network of the small config, 13 cases, 10 epochs;
+    traced, as users train, whichever module first asks for it."""
     import train
 
     def build(root):
-        assert train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
-                           "--modality", "flair", "--out", str(root / "small"), "--epochs", "10",
-                           "--verbose", "2"]) == 0
+        with steps_run_eagerly(False):
+            assert train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
+                               "--modality", "flair", "--out", str(root / "small"), "--epochs",
+                               "10", "--verbose", "2"]) == 0
 
     return built_once(tmp_path_factory, "runs", build) / "small"
 

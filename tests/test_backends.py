@@ -32,6 +32,13 @@ OTHER_BACKENDS = ("jax", "torch")
 CROP = (slice(16, 48), slice(16, 48), slice(18, 30))  # 32x32x12 out of the small cache's 64x64x48
 
 
+@pytest.fixture(scope="module", autouse=True)
+def tensorflow_steps_run_eagerly(eager):
+    """This process's TensorFlow reference step and predictions skip tracing (about 20 s): the
+    numbers are under test, and the other backends are compared with TensorFlow's ops."""
+    yield
+
+
 def backend_env(backend: str) -> dict:
     return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": "--xla_backend_optimization_level=0", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -29,8 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT / "configs" / "small.yaml"
 NO_SPACE = "cannot write: No space left on device"
 REAL_OPEN = builtins.open
-pytestmark = pytest.mark.filterwarnings(  # from the eager fixture; tf.data stays compiled
-    "ignore:Even though the `tf.config.experimental_run_functions_eagerly`:UserWarning")
 
 
 # ---- a full disk, deterministically -----------------------------------------------------------

@@ -20,6 +20,13 @@ from systems import inference, networks
 from util import portal
 
 
+@pytest.fixture(scope="module", autouse=True)
+def predictions_run_eagerly(eager):
+    """predict.py's steps skip TensorFlow's tracing (each run traces again): these tests read what
+    it writes, not how fast. (trained_run is trained traced, whichever module builds it.)"""
+    yield
+
+
 @pytest.fixture(scope="module")
 def validation_dir(tmp_path_factory):
     """Two validation cases in the BraTS 2021 layout (without labels); ground truth apart."""

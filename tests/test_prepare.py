@@ -21,7 +21,7 @@ import synthetic
 from preparing import brainles
 from preparing.native import has_native, largest_component_centre, native_overlay, to_native
 from preparing.series import PrepareError, find_series
-from tests.conftest import one_line_error
+from tests.conftest import FULL, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -278,8 +278,7 @@ def test_hd_bet_weights_without_denormals_give_the_same_outputs(tmp_path):
 # ---- the real patient, end to end -------------------------------------------------------------
 
 # make test: without brainles' atlas correction (three of its seven registrations; what they move
-# is measured in docs/real-scans.md); make test-full (EEN_TEST_FULL=1): brainles' own defaults.
-FULL = os.environ.get("EEN_TEST_FULL") == "1"
+# is measured in docs/real-scans.md); make test-full (conftest.FULL): brainles' own defaults.
 
 
 @pytest.fixture(scope="module")
