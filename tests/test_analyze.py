@@ -2,10 +2,13 @@
 import csv
 
 import numpy as np
+import pytest
 
 import analyze
 from systems import een
 from util.config import load_config
+
+pytestmark = pytest.mark.usefixtures("eager")  # analyze.py's numbers are under test, not its speed
 
 
 def test_dice_counts_both_empty_as_one():

@@ -30,13 +30,9 @@ from systems import networks
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_BACKENDS = ("jax", "torch")
 CROP = (slice(16, 48), slice(16, 48), slice(18, 30))  # 32x32x12 out of the small cache's 64x64x48
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tensorflow_steps_run_eagerly(eager):
-    """This process's TensorFlow reference step and predictions skip tracing (about 20 s): the
-    numbers are under test, and the other backends are compared with TensorFlow's ops."""
-    yield
+# This process's TensorFlow reference step and predictions skip tracing (about 20 s): the numbers
+# are under test, and JAX and PyTorch are compared with TensorFlow's own ops.
+pytestmark = pytest.mark.usefixtures("eager")
 
 
 def backend_env(backend: str) -> dict:

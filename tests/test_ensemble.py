@@ -13,6 +13,8 @@ import synthetic
 from util.config import ConfigError
 from tests.conftest import SEED
 
+pytestmark = pytest.mark.usefixtures("eager")  # predict.py's files are under test, not its speed
+
 
 def blob(shape=(8, 8, 8), low=2, high=6) -> np.ndarray:
     mask = np.zeros(shape, bool)

@@ -19,12 +19,9 @@ from datasets import volumes
 from systems import inference, networks
 from util import portal
 
-
-@pytest.fixture(scope="module", autouse=True)
-def predictions_run_eagerly(eager):
-    """predict.py's steps skip TensorFlow's tracing (each run traces again): these tests read what
-    it writes, not how fast. (trained_run is trained traced, whichever module builds it.)"""
-    yield
+# predict.py's steps skip TensorFlow's tracing (each run traces again): these tests read what it
+# writes, not how fast it writes (trained_run is trained traced, whichever module builds it).
+pytestmark = pytest.mark.usefixtures("eager")
 
 
 @pytest.fixture(scope="module")

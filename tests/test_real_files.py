@@ -14,6 +14,7 @@ from brats.cases import find_cases, load_case
 from datasets.volumes import preprocess_case
 from tests.conftest import SEED
 
+pytestmark = pytest.mark.usefixtures("eager")  # predict.py's files are under test, not its speed
 VARIANTS = ("plain", "scaled", "background", "negative", "orientation")
 # The orientation variant: voxel axes (A, R, I) instead of BraTS's (L, P, S).
 TO_ODD = np.array([[0, -1], [1, 1], [2, -1]])  # nibabel ornt: new axis 0 = old 1, ...

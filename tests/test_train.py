@@ -178,9 +178,10 @@ def test_skip_dropout_decays_linearly_to_zero_and_the_callback_sets_it():
     assert seen == pytest.approx([0.5, 0.25, 0.0])
 
 
-def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state():
-    """The second network reuses the traced model with the first's initial state: weights,
-    optimizer and random generators."""
+def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_state(eager):
+    """The second network reuses the compiled model (its train function made once; eager here,
+    to skip a 20 s tracing) with the first's initial state: weights, optimizer and random
+    generators."""
     from util.config import load_config
 
     config = load_config("configs/small.yaml")
@@ -193,7 +194,7 @@ def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_stat
     first.fit(x, y, epochs=1, verbose=0)
     assert int(keras.ops.convert_to_numpy(first.optimizer.iterations)) == 1
     second = train.compiled_model(config, False, None, None, shared)
-    assert second is first and second.train_function is not None  # traced once
+    assert second is first and second.train_function is not None  # made once
     assert int(keras.ops.convert_to_numpy(second.optimizer.iterations)) == 0
     assert all(np.array_equal(a, b) for a, b in zip(second.get_weights(), initial))
     # the dropout masks too: the random generators restart where the first network's did

@@ -21,13 +21,9 @@ from tests.conftest import FULL, cut, linked_copy
 from tests.test_train import expect_error, history, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def steps_in_process_run_eagerly(eager):
-    """The trainings in this process skip TensorFlow's tracing (about 25 s a run for two steps);
-    the trainings in subprocesses (two replicas, the lock test's trainers) are traced as usual."""
-    yield
+# The trainings in this process skip TensorFlow's tracing (about 20 s a run of two steps); of
+# those in subprocesses, the lock test's trainers are traced, the two replicas' only in test-full.
+pytestmark = pytest.mark.usefixtures("eager")
 
 
 @pytest.fixture(scope="module")
