@@ -39,15 +39,15 @@ SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # the longest start first: the scheduler hands out groups in collection order, and a long group
 # started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_backends.py": 314, "test_train_runs.py": 390, "test_compare.py": 290,
-    "test_train.py": 290, "test_overfit.py[een]": 227, "full_size": 200,
-    "test_predict.py": 148, "trained_run_writers": 144, "test_bench_gpu.py": 129,
-    "test_compare_peers.py": 125, "test_outputs.py": 124, "test_prepare.py": 120,
-    "test_remat.py": 80, "test_baselines_pipeline.py": 78, "test_container.py": 75,
-    "test_fast_layers.py": 54, "test_bench_inference.py": 52, "test_brats.py": 50,
-    "test_losses.py": 50, "test_notebooks.py": 45, "test_overfit.py": 44,
-    "test_overfit.py[kermi2018]": 42, "test_overfit.py[unet3d_patches]": 40,
-    "test_real_files.py": 34, "test_synthetic.py": 31, "test_overfit.py[bennaceur2020]": 23,
+    "test_train_runs.py": 364, "test_backends.py": 335, "test_compare.py": 272,
+    "test_compare_peers.py": 245, "full_size": 228, "test_train.py": 222,
+    "test_overfit.py[een]": 198, "test_predict.py": 170, "test_outputs.py": 156,
+    "test_prepare.py": 148, "test_bench_gpu.py": 135, "test_baselines_pipeline.py": 98,
+    "test_container.py": 85, "test_remat.py": 78, "trained_run_writers": 76,
+    "test_notebooks.py": 64, "test_bench_inference.py": 61, "test_brats.py": 53,
+    "test_fast_layers.py": 52, "test_overfit.py[unet3d_patches]": 44, "test_overfit.py": 40,
+    "test_overfit.py[kermi2018]": 40, "test_synthetic.py": 35, "test_real_files.py": 34,
+    "test_overfit.py[bennaceur2020]": 30,
 }
 
 
