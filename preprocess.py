@@ -23,7 +23,7 @@ import json
 import signal
 import sys
 from dataclasses import dataclass
-from multiprocessing import Pool
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +154,10 @@ def main(argv: list | None = None) -> int:
     todo = [(c, args.output, size, mode, factor) for c in cases if not is_cached(args.output, c.id)]
     print(f"{len(cases)} cases in {args.input}; {len(todo)} to preprocess into {args.output} "
           f"(crop {'x'.join(map(str, size))}, {mode}" + (f", downsampled x{factor})" if factor > 1 else ")"))
-    pool = Pool(args.jobs, _exit_on_sigterm) if args.jobs > 1 and len(todo) > 1 else None
+    # forkserver: a fork of a process that runs threads (TensorFlow's, when a script that imported
+    # it calls main) can deadlock in the child
+    pool = (multiprocessing.get_context("forkserver").Pool(args.jobs, _exit_on_sigterm)
+            if args.jobs > 1 and len(todo) > 1 else None)
     run = pool.imap_unordered(_process, todo) if pool else map(_process, todo)
     try:
         with tqdm(total=len(todo), desc="preprocess", unit="case") as bar:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -305,7 +306,8 @@ def write_dataset(out: Path, cases: int, seed: int, layout: str = "brats2020",
     if jobs == 1:
         yield from map(task, indices)
         return
-    with ProcessPoolExecutor(jobs) as pool:
+    # forkserver: a fork of a process that runs threads (TensorFlow's, in the tests) can deadlock
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
         yield from pool.map(task, indices)
 
 
