@@ -140,7 +140,7 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
 
     if resume_from is not None:
         with loading_checkpoint(resume_from):
-            model = keras.saving.load_model(resume_from)
+            model = families.loaded_for_training(resume_from, jit)
         if learning_rate is not None:
             model.optimizer.learning_rate.assign(learning_rate)
         return model
@@ -156,7 +156,7 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
                   loss=losses.DiceCrossEntropy(config.model.output_activation,
                                                config.train.dice_per_channel),
                   metrics=losses.region_metrics(config.model.output_activation),
-                  jit_compile=jit if keras.backend.backend() == "tensorflow" else "auto")
+                  jit_compile=families.jit_setting(jit))
     model.optimizer.build(model.trainable_variables)
     initial = [keras.ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables]
     shared[config.model.channels] = (model, initial)

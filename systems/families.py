@@ -143,11 +143,31 @@ def compiled(config: Config, steps_per_epoch: int, jit: bool, resume_from=None):
 
     family = family_of(config)
     if resume_from is not None:
-        return keras.saving.load_model(resume_from)
+        return loaded_for_training(resume_from, jit)
     model = family.build(config)
     model.compile(optimizer=family.optimizer(config, steps_per_epoch), loss=family.loss(config),
-                  metrics=family.metrics(config),
-                  jit_compile=jit if keras.backend.backend() == "tensorflow" else "auto")
+                  metrics=family.metrics(config), jit_compile=jit_setting(jit))
+    return model
+
+
+def jit_setting(jit: bool) -> bool:
+    """compile()'s jit_compile on this Keras backend: TensorFlow's XLA only with --jit (slow to
+    compile on a CPU), JAX's steps jitted, PyTorch's eager (what Keras's "auto" chooses)."""
+    import keras
+
+    backend = keras.backend.backend()
+    return jit if backend == "tensorflow" else backend == "jax"
+
+
+def loaded_for_training(path, jit: bool):
+    """A compiled last.keras, its steps compiled as this backend trains. The file keeps the
+    jit_compile of the backend that saved it: a TensorFlow checkpoint's False left JAX's steps
+    running op by op (a 32x32x12 step: 100 s instead of 10), a JAX checkpoint's True put
+    TensorFlow on XLA."""
+    import keras
+
+    model = keras.saving.load_model(path)
+    model.jit_compile = jit_setting(jit)
     return model
 
 
