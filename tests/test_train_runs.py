@@ -15,6 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+import losses  # noqa: F401  (the loss and metrics load_model reads, as train.py imports them)
+import model  # noqa: F401  (the EEN's layers: the two-replica run's file is read before any build)
 import train
 from util import resume
 from tests.conftest import FULL, cut, linked_copy
