@@ -23,8 +23,9 @@ from tests.conftest import FULL, cut, linked_copy
 from tests.test_train import expect_error, history, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
-# The trainings in this process skip TensorFlow's tracing (about 20 s a run of two steps); of
-# those in subprocesses, the lock test's trainers are traced, the two replicas' only in test-full.
+# The trainings skip TensorFlow's tracing (about 20 s a run of two steps): what is under test is
+# how a run goes on. Those in subprocesses run train.main eagerly (EAGERLY); the two replicas'
+# epoch runs traced in make test-full.
 pytestmark = pytest.mark.usefixtures("eager")
 
 
@@ -83,9 +84,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small3_cach
     assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
 
 
-# make test runs the two-replica epoch eagerly (about 50 s; MirroredStrategy's tracing of the
-# step for two replicas took 110 of the traced run's 140 s); make test-full (EEN_TEST_FULL=1)
-# runs it traced, as train.py runs for a user.
+# train.py's main with eager steps, for subprocesses (the two-replica epoch: about 50 s eagerly,
+# 140 s traced, 110 s of it MirroredStrategy's tracing of the step for two replicas; make test-full,
+# EEN_TEST_FULL=1, runs it traced, as train.py runs for a user).
 EAGERLY = ["-c", "import sys, tensorflow, train; tensorflow.config.run_functions_eagerly(True); "
                  "sys.exit(train.main(sys.argv[1:]))"]
 
@@ -226,7 +227,7 @@ def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alo
                            capture_output=True, text=True).stdout.strip()
     (out / "flair" / "train.lock").write_text(json.dumps(
         {"host": __import__("socket").gethostname(), "pid": int(ended), "started": "earlier"}))
-    command = [sys.executable, "train.py", "--config", str(config), "--data", str(small3_cache),
+    command = [sys.executable, *EAGERLY, "--config", str(config), "--data", str(small3_cache),
                "--out", str(out), "--epochs", "1", "--verbose", "0"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
