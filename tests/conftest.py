@@ -39,8 +39,8 @@ SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # the longest start first: the scheduler hands out groups in collection order, and a long group
 # started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_train_runs.py": 364, "test_backends.py": 335, "test_compare.py": 272,
-    "test_compare_peers.py": 245, "full_size": 228, "test_train.py": 222,
+    "test_train_runs.py": 320, "test_backends.py": 250, "test_compare.py": 272,
+    "test_compare_peers.py": 160, "full_size": 228, "test_train.py": 222,
     "test_overfit.py[een]": 198, "test_predict.py": 170, "test_outputs.py": 156,
     "test_prepare.py": 148, "test_bench_gpu.py": 135, "test_baselines_pipeline.py": 98,
     "test_container.py": 85, "test_remat.py": 78, "trained_run_writers": 76,
