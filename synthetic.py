@@ -303,7 +303,7 @@ def write_dataset(out: Path, cases: int, seed: int, layout: str = "brats2020",
     task = functools.partial(write_case, out, seed, layout=layout, validation=validation,
                              gt_dir=Path(gt_dir) if gt_dir else default_gt_dir(out), world=world)
     indices = range(1, cases + 1)
-    if jobs == 1:
+    if jobs == 1 or cases == 1:  # no pool for one case: starting it costs more than the case
         yield from map(task, indices)
         return
     # forkserver: a fork of a process that runs threads (TensorFlow's, in the tests) can deadlock
