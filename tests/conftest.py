@@ -39,15 +39,15 @@ SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # the longest start first: the scheduler hands out groups in collection order, and a long group
 # started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_train_runs.py": 320, "test_backends.py": 250, "test_compare.py": 272,
-    "test_compare_peers.py": 160, "full_size": 228, "test_train.py": 222,
-    "test_overfit.py[een]": 198, "test_predict.py": 170, "test_outputs.py": 156,
-    "test_prepare.py": 148, "test_bench_gpu.py": 135, "test_baselines_pipeline.py": 98,
-    "test_container.py": 85, "test_remat.py": 78, "trained_run_writers": 76,
-    "test_notebooks.py": 64, "test_bench_inference.py": 61, "test_brats.py": 53,
-    "test_fast_layers.py": 52, "test_overfit.py[unet3d_patches]": 44, "test_overfit.py": 40,
-    "test_overfit.py[kermi2018]": 40, "test_synthetic.py": 35, "test_real_files.py": 34,
-    "test_overfit.py[bennaceur2020]": 30,
+    "test_train_runs.py": 281, "test_compare.py": 277, "test_train.py": 275,
+    "test_backends.py": 237, "full_size": 214, "test_overfit.py[een]": 207,
+    "test_outputs.py": 192, "test_compare_peers.py": 159, "test_predict.py": 152,
+    "test_bench_gpu.py": 136, "test_prepare.py": 130, "test_baselines_pipeline.py": 100,
+    "test_container.py": 87, "test_remat.py": 80, "trained_run_writers": 76,
+    "test_notebooks.py": 66, "test_bench_inference.py": 61, "test_fast_layers.py": 55,
+    "test_brats.py": 54, "test_overfit.py": 42, "test_overfit.py[kermi2018]": 42,
+    "test_overfit.py[unet3d_patches]": 40, "test_synthetic.py": 35, "test_real_files.py": 35,
+    "test_overfit.py[bennaceur2020]": 28,
 }
 
 
