@@ -139,8 +139,6 @@ def compiled(config: Config, steps_per_epoch: int, jit: bool, resume_from=None):
     network brings its own schedule and step counter. family_of registers the family's losses and
     schedules, which load_model needs.
     """
-    import keras
-
     family = family_of(config)
     if resume_from is not None:
         return loaded_for_training(resume_from, jit)
