@@ -5,8 +5,9 @@ labels -> targets (the cache's regions through the family's prepare_case and exa
 inference conversion, then predict.regions_to_labels, as predicted_labels does). A fault anywhere
 in that chain (a label coding swapped, targets that do not move with their images, an output
 channel read as another) keeps the training Dice on WT far below 0.9. The optimizer is Adam for
-every family, at a rate that overfits in a few hundred steps: the published schedules are not
-under test here (docs/findings.md, "Why the 3D U-Net learned nothing" for the 3D U-Net's rate).
+every family, at a rate that overfits in a few hundred steps, and the EEN trains without its
+dropouts: the published schedules and regularisation are not under test here (docs/findings.md,
+"Why the 3D U-Net learned nothing" for the 3D U-Net's rate).
 """
 import dataclasses
 
@@ -24,7 +25,7 @@ from brats.codings import regions_to_labels
 
 # family -> (config, Adam rate, batch, epochs): a few hundred steps at most on one case
 RUNS = {
-    "een": ("configs/small.yaml", 1e-3, 1, 300),  # one 32x32x48 crop of FLAIR: 300 steps
+    "een": ("configs/small.yaml", 1e-3, 1, 300),  # one 32x32x48 crop of FLAIR, no dropout
     "kermi2018": ("configs/kermi2018_small.yaml", 1e-3, 8, 20),  # 144 patches: 360 steps
     "unet3d_patches": ("configs/unet3d_patches_small.yaml", 3e-3, 10, 200),  # 10: 200 steps
     "bennaceur2020": ("configs/bennaceur2020_small.yaml", 3e-3, 32, 8),  # ~600 windows
@@ -73,11 +74,11 @@ class StopAtTheBar(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-# TC and ET must overfit too (a TC/ET or NCR/ED swap keeps WT right): Dice >= 0.85 unless a
-# family's entry says how far it gets in its RUNS budget. Measured: the EEN, FLAIR alone, 300
-# steps: WT 0.924, TC 0.899, ET 0.844 (the thin enhancing rim comes last); Kermi, the 3D U-Net
-# and Ben naceur pass 0.85 on both.
-CORE = {"een": {"ET": 0.8}, "kermi2018": {}, "unet3d_patches": {}, "bennaceur2020": {}}
+# TC and ET must overfit too (a TC/ET or NCR/ED swap keeps WT right): Dice >= 0.85. Measured, the
+# bars checked every 15 steps: the EEN (FLAIR alone, no dropout) passes them at step 135 (WT 0.916,
+# TC 0.910, ET 0.860; with the small config's dropouts ET reached 0.8 only at step 270, 0.844 at
+# 300); Kermi, the 3D U-Net and Ben naceur pass within their RUNS budgets.
+CORE = 0.85
 
 
 def region_dice(truth: np.ndarray, labels: np.ndarray) -> dict:
@@ -94,8 +95,10 @@ def test_family_overfits_one_case(small_cache, name):
     case_id = tumour_case(cache)
     keras.utils.set_random_seed(0)
     if name == "een":
-        config = dataclasses.replace(config, data=dataclasses.replace(
-            config.data, crop_size=EEN_CROP))
+        config = dataclasses.replace(
+            config, data=dataclasses.replace(config.data, crop_size=EEN_CROP),
+            model=dataclasses.replace(config.model, encoder_dropout=0.0, decoder_dropout=0.0,
+                                      skip_dropout=0.0))
         x, y = een_examples(cache, case_id, config)
     else:
         family = families.family_of(config)
@@ -111,18 +114,21 @@ def test_family_overfits_one_case(small_cache, name):
 
     def passes(model) -> bool:  # every bar this test asserts: WT 0.9, TC and ET the family's
         scores = region_dice(y > 0, labels_of(model))
-        return scores["WT"] >= 0.9 and all(scores[r] >= CORE[name].get(r, 0.85) for r in ("TC", "ET"))
+        return scores["WT"] >= 0.9 and all(scores[r] >= CORE for r in ("TC", "ET"))
 
-    stop = StopAtTheBar(passes, every=max(1, epochs // 20))
-    history = network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0,
-                          callbacks=[stop])
+    every, inputs, targets = max(1, epochs // 20), x, y.astype(np.float32)
+    if len(x) <= batch:  # one step an epoch: `every` of those steps (one batch each) as one epoch
+        inputs, targets, epochs, every = np.concatenate([x] * every), \
+            np.concatenate([targets] * every), -(-epochs // every), 1
+    history = network.fit(inputs, targets, batch_size=batch, epochs=epochs, verbose=0,
+                          shuffle=inputs is x, callbacks=[StopAtTheBar(passes, every)])
     labels = labels_of(network)
     score = dice(y[..., 0] > 0, labels > 0)
     losses = history.history["loss"]
     assert score >= 0.9, f"{name}: training Dice WT {score:.3f}, loss {losses[0]:.3f} -> " \
-                         f"{losses[-1]:.3f} over {len(losses)} epochs"
+                         f"{losses[-1]:.3f} over {len(losses)} epochs of {len(inputs) // batch} steps"
     scores = region_dice(y > 0, labels)
-    assert all(scores[r] >= CORE[name].get(r, 0.85) for r in ("TC", "ET")), \
+    assert all(scores[r] >= CORE for r in ("TC", "ET")), \
         f"{name}: training Dice {', '.join(f'{r} {v:.3f}' for r, v in scores.items())}"
 
 
