@@ -5,7 +5,7 @@
     model = network.activate()                                  # its weights in the shared model
 
 The networks of an ensemble share one built model per channel count and swap weights, so memory
-holds one model whatever the number of networks.
+holds one model (and each network's weights as arrays) whatever the number of networks.
 """
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ class Network:
     model: object  # keras.Model, shared by every network with the same number of channels
     weights: Path
     activation: str
+    arrays: list  # the file's weights, read once: model.get_weights() order
 
     def activate(self):
-        """Load this network's weights into the shared model (about 0.2 s); returns the model."""
-        self.model.load_weights(self.weights)
+        """Set this network's weights in the shared model; returns the model. From arrays, not the
+        file: 0.05 s instead of 0.5-0.9 s a swap for the small config's 13.6 M parameters."""
+        self.model.set_weights(self.arrays)
         return self.model
 
 
@@ -65,8 +67,8 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
     """Read a network's weights into a model built from the run's config in `precision`.
 
     `models` (channels -> model) lets the networks of an ensemble share one compiled model and
-    swap weights from their files, so that memory holds one model and one set of activations
-    however many networks there are (the weights are read here once to check them).
+    swap weights, so that memory holds one model and one set of activations however many networks
+    there are (the file is read here once, which also checks it).
     """
     import keras
 
@@ -83,4 +85,5 @@ def load_network(name: str, modalities: tuple, path: Path, config: Config, preci
     other = path.with_name("last.keras" if path.suffix == ".h5" else "best.weights.h5")
     with loading(path, f"restore it from a copy of the run, or use predict.py --models {other}"):
         model.load_weights(path)  # h5py / zip / shape mismatch: one line naming the file
-    return Network(name, modalities, model, path, config.model.output_activation)
+    return Network(name, modalities, model, path, config.model.output_activation,
+                   model.get_weights())
