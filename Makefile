@@ -37,12 +37,7 @@ $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
 	touch $@
 
-# The tests' processes keep the memory they free (glibc: no mmap, no trim). On CI's virtual machines
-# a page touched anew costs about 30 us (the host takes freed pages back at once), and the tests
-# allocate and free 240x240x155 volumes by the thousand: three data test files 87.8 -> 65.2 s
-# (docs/test-durations.md, "Sixth round").
-KEEP_MEMORY := MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
-TEST := $(KEEP_MEMORY) $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
+TEST := $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
 test: setup
 	$(TEST)
 
