@@ -39,15 +39,15 @@ SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # the longest start first: the scheduler hands out groups in collection order, and a long group
 # started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_train_runs.py": 281, "test_compare.py": 277, "test_train.py": 275,
-    "test_backends.py": 237, "full_size": 214, "test_overfit.py[een]": 207,
-    "test_outputs.py": 192, "test_compare_peers.py": 159, "test_predict.py": 152,
-    "test_bench_gpu.py": 136, "test_prepare.py": 130, "test_baselines_pipeline.py": 100,
-    "test_container.py": 87, "test_remat.py": 80, "trained_run_writers": 76,
-    "test_notebooks.py": 66, "test_bench_inference.py": 61, "test_fast_layers.py": 55,
-    "test_brats.py": 54, "test_overfit.py": 42, "test_overfit.py[kermi2018]": 42,
-    "test_overfit.py[unet3d_patches]": 40, "test_synthetic.py": 35, "test_real_files.py": 35,
-    "test_overfit.py[bennaceur2020]": 28,
+    "test_train.py": 305, "test_train_runs.py": 298, "test_compare.py": 273,
+    "test_backends.py": 256, "full_size": 208, "test_compare_peers.py": 166,
+    "test_predict.py": 164, "test_outputs.py": 162, "test_bench_gpu.py": 136,
+    "test_overfit.py[een]": 127, "test_prepare.py": 124, "test_baselines_pipeline.py": 115,
+    "test_container.py": 88, "test_remat.py": 78, "trained_run_writers": 72,
+    "test_notebooks.py": 64, "test_bench_inference.py": 63, "test_fast_layers.py": 60,
+    "test_brats.py": 54, "test_overfit.py[kermi2018]": 44, "test_overfit.py": 43,
+    "test_synthetic.py": 38, "test_overfit.py[unet3d_patches]": 33,
+    "test_overfit.py[bennaceur2020]": 32, "test_real_files.py": 31,
 }
 
 
@@ -138,6 +138,22 @@ def small3_cache(tmp_path_factory, brats2020_dir):
                                 "configs/small.yaml"]) == 0
 
     return built_once(tmp_path_factory, "small3", build) / "cache"
+
+
+@pytest.fixture(scope="session")
+def quick_comparison_data(tmp_path_factory) -> Path:
+    """compare.py --quick's data, made by compare's own prepared_data (4 training and 2 validation
+    cases, their small-config cache): data/ and cache/, shared by test_compare's and
+    test_compare_peers' runs (--data, --cache) instead of each making its own."""
+    import argparse
+
+    import compare
+
+    def build(folder):
+        compare.prepared_data(argparse.Namespace(out=folder, data=None, cache=None, quick=True,
+                                                 seed=0))
+
+    return built_once(tmp_path_factory, "compare_data", build)
 
 
 @contextlib.contextmanager

@@ -14,12 +14,18 @@ from tests.conftest import built_once
 SYSTEMS = "een,bennaceur2020,bennaceur2020_nopp,unet3d_patches_tuned"
 
 
+def quick_argv(out, data) -> list:
+    """compare.py --quick on the shared quick data (conftest's quick_comparison_data)."""
+    return ["--out", str(out), "--quick", "--systems", SYSTEMS, "--data", str(data / "data"),
+            "--cache", str(data / "cache")]
+
+
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(tmp_path_factory, quick_comparison_data):
     """One quick comparison: 4 training and 2 validation cases, one epoch per network; made once
     per run (built_once), since the worker may interleave other files between this file's tests."""
     def build(folder):
-        assert compare.main(["--out", str(folder / "out"), "--quick", "--systems", SYSTEMS]) == 0
+        assert compare.main(quick_argv(folder / "out", quick_comparison_data)) == 0
 
     return built_once(tmp_path_factory, "compare_quick", build) / "out"
 
@@ -91,18 +97,19 @@ def test_a_row_below_the_learning_bar_says_why():
         "does not learn (Dice WT < 0.6): cause not investigated")
 
 
-def test_a_rerun_trains_and_predicts_nothing_again(quick, capsys):
+def test_a_rerun_trains_and_predicts_nothing_again(quick, quick_comparison_data, capsys):
     kept = {p: p.stat().st_mtime_ns for p in [*quick.glob("runs/*/training.json"),
                                               *quick.glob("runs/*.log"),
                                               *quick.glob("predictions/*/*.nii.gz")]}
     before = table(quick)
-    assert compare.main(["--out", str(quick), "--quick", "--systems", SYSTEMS]) == 0
+    assert compare.main(quick_argv(quick, quick_comparison_data)) == 0
     assert "een: result kept" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
     assert table(quick) == before
 
 
-def test_an_unfinished_training_is_started_afresh(tmp_path, quick, monkeypatch):
+def test_an_unfinished_training_is_started_afresh(tmp_path, quick, quick_comparison_data,
+                                                   monkeypatch):
     """A run folder without training.json (a killed compare) is removed, then trained again.
     compare.trained with train.py run in this process rather than in compare's measured child
     (which every row of `quick` runs), and no prediction: the restart is what is under test."""
@@ -115,7 +122,7 @@ def test_an_unfinished_training_is_started_afresh(tmp_path, quick, monkeypatch):
         return {"status": status, "seconds": 1.0, "peak_bytes": 1}
 
     monkeypatch.setattr(compare, "measured", in_process)
-    paths = {"runs": tmp_path / "runs", "cache": quick / "cache"}
+    paths = {"runs": tmp_path / "runs", "cache": quick_comparison_data / "cache"}
     run = paths["runs"] / "bennaceur2020"
     shutil.copytree(quick / "runs" / "bennaceur2020", run)
     (run / "training.json").unlink()  # killed before compare recorded the training
@@ -143,10 +150,11 @@ def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):
                      + ", ".join(compare.SYSTEMS) + ")")
 
 
-def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path, quick):
+def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path,
+                                                                 quick_comparison_data):
     out = tmp_path / "run"
     assert train.main(["--config", "configs/bennaceur2020_small.yaml", "--data",
-                       str(quick / "cache"), "--out", str(out), "--epochs", "3",
+                       str(quick_comparison_data / "cache"), "--out", str(out), "--epochs", "3",
                        "--max-minutes", "0.0001", "--verbose", "0"]) == 0
     assert json.loads((out / "bennaceur2020" / "state.json").read_text())["epochs_done"] == 1
     with open(out / "bennaceur2020" / "history.csv", newline="") as handle:

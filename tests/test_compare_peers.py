@@ -14,10 +14,13 @@ SEGRESNET_PARAMETERS = 4_702_227  # MONAI's tutorial network
 
 
 @pytest.fixture(scope="module")
-def peers_quick(tmp_path_factory):
-    """One quick comparison of the two peers: 4 training and 2 validation cases, one epoch each."""
+def peers_quick(tmp_path_factory, quick_comparison_data):
+    """One quick comparison of the two peers: 4 training and 2 validation cases (the data of
+    test_compare's run), one epoch each."""
     def build(folder):
-        assert compare.main(["--out", str(folder / "out"), "--quick", "--systems", SYSTEMS]) == 0
+        assert compare.main(["--out", str(folder / "out"), "--quick", "--systems", SYSTEMS,
+                             "--data", str(quick_comparison_data / "data"),
+                             "--cache", str(quick_comparison_data / "cache")]) == 0
 
     return built_once(tmp_path_factory, "compare_peers_quick", build) / "out"
 

@@ -91,24 +91,6 @@ EAGERLY = ["-c", "import sys, tensorflow, train; tensorflow.config.run_functions
                  "sys.exit(train.main(sys.argv[1:]))"]
 
 
-def test_an_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, small_cache):
-    """13 training cases: 6 steps of global batch 2, one case on each replica; of 3 validation
-    cases 2 are validated, one on each replica (an odd case out had left a replica an empty
-    share, and the step failed)."""
-    command = [sys.executable, *(["train.py"] if FULL else EAGERLY), "--config",
-               "configs/small.yaml", "--data", str(small_cache), "--out", str(tmp_path / "run"),
-               "--epochs", "1", "--cpu-replicas", "2", "--verbose", "0"]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "13 training / 2 validation cases (1 left out" in done.stdout
-    assert "global batch 2 on 2 replica(s)" in done.stdout
-    state = json.loads((tmp_path / "run" / "flair" / "state.json").read_text())
-    assert state["epochs_done"] == 1 and 0 <= state["best_score"] <= 1  # a validation Dice
-    model = keras.saving.load_model(tmp_path / "run" / "flair" / "last.keras")
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13 // 2
-
-
 def test_replicas_validate_equal_shares_of_the_held_out_cases():
     assert train.validation_ids(["a", "b", "c"], 1) == ["a", "b", "c"]
     assert train.validation_ids(["a", "b", "c"], 2) == ["a", "b"]
@@ -275,3 +257,23 @@ def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, small3_cache, one
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert stop.value.code == 2 and len(errors) == 1 and "being trained by process" in errors[0]
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+# ---- two replicas: last, when small_cache is built (test_train.py's worker builds it) ----------
+
+def test_an_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, small_cache):
+    """13 training cases: 6 steps of global batch 2, one case on each replica; of 3 validation
+    cases 2 are validated, one on each replica (an odd case out had left a replica an empty
+    share, and the step failed)."""
+    command = [sys.executable, *(["train.py"] if FULL else EAGERLY), "--config",
+               "configs/small.yaml", "--data", str(small_cache), "--out", str(tmp_path / "run"),
+               "--epochs", "1", "--cpu-replicas", "2", "--verbose", "0"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "13 training / 2 validation cases (1 left out" in done.stdout
+    assert "global batch 2 on 2 replica(s)" in done.stdout
+    state = json.loads((tmp_path / "run" / "flair" / "state.json").read_text())
+    assert state["epochs_done"] == 1 and 0 <= state["best_score"] <= 1  # a validation Dice
+    model = keras.saving.load_model(tmp_path / "run" / "flair" / "last.keras")
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13 // 2
