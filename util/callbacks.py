@@ -159,7 +159,7 @@ class Checkpoints(keras.callbacks.Callback):
                 self.model.save(last)
                 if better:
                     with atomic(self.folder / BEST) as best:
-                        self.model.save_weights(best)  # a third of last.keras: no optimizer
+                        self.model.save_weights(best)  # with the optimizer slots (Keras 3)
 
 
 class Progress(keras.callbacks.Callback):
