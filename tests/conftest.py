@@ -15,6 +15,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# numpy asks the kernel for 2 MB pages (madvise) for arrays of 4 MB and more; on the CI and
+# development VMs (transparent_hugepage defrag "madvise") each such page first costs a compaction
+# stall, 1 GiB of new arrays 9-20 s of system time instead of 0.3 s (docs/test-durations.md,
+# seventh round). Set before numpy is imported; the tests' child processes inherit it.
+os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 
 import pytest  # noqa: E402
 

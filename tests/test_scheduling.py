@@ -1,6 +1,7 @@
 """The suite's own scheduling (conftest.py): each test file (or SHARED_WORKER group) runs whole on
 one xdist worker, so a module fixture is built once and two full-size files never run at once.
-Checked on a throwaway suite of three files run by pytest -n 2 with the suite's hooks."""
+Checked on a throwaway suite of three files run by pytest -n 2 with the suite's hooks. And the
+suite's processes allocate numpy arrays without huge pages (conftest.py, NUMPY_MADVISE_HUGEPAGE)."""
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,14 @@ def test_every_file_runs_on_one_worker(tmp_path):
     assert sorted(seen) == ["test_first", "test_second", "test_third"]
     assert all(len(workers) == 1 for workers in seen.values()), seen  # no file split
     assert len(set().union(*seen.values())) == 2  # and both workers used
+
+
+def test_numpy_takes_no_huge_pages_here_or_in_a_child_process():
+    """On the CI VMs a huge page first costs a compaction stall (docs/test-durations.md)."""
+    import numpy._core.multiarray as numpy_arrays
+
+    assert numpy_arrays._get_madvise_hugepage() is False
+    child = subprocess.run([sys.executable, "-c", "import numpy._core.multiarray as m; "
+                            "print(m._get_madvise_hugepage())"], capture_output=True, text=True,
+                           timeout=60)
+    assert child.stdout.strip() == "False", child.stderr[-2000:]
