@@ -32,7 +32,7 @@ from brats.cases import CaseError, CaseFiles, find_cases, in_threads, load_case
 from util.config import ConfigError, DataConfig, load_config
 from datasets.cache import CACHE_SETTINGS
 from datasets.volumes import preprocess_case
-from util.outputs import OutputError, atomic, check_folder, exits_cleanly
+from util.outputs import OutputError, atomic, check_folder, exits_cleanly, in_pieces
 
 
 def write_entry(cache: Path, arrays: dict, meta: dict) -> Path:
@@ -40,9 +40,15 @@ def write_entry(cache: Path, arrays: dict, meta: dict) -> Path:
     final = cache / meta["id"]
     with atomic(final) as temporary:
         temporary.mkdir()
-        in_threads(lambda item: np.save(temporary / f"{item[0]}.npy", item[1]), list(arrays.items()))
+        in_threads(lambda item: save_array(temporary / f"{item[0]}.npy", item[1]), list(arrays.items()))
         (temporary / "meta.json").write_text(json.dumps(meta, indent=1))
     return final
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """np.save in small write() calls (util.outputs.in_pieces: a full-size volume is 13 MB)."""
+    with in_pieces(path) as handle:
+        np.save(handle, array)
 
 
 def is_cached(cache: Path, case_id: str) -> bool:

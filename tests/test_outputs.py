@@ -272,3 +272,30 @@ def test_predict_full_disk_then_the_rerun_equals_an_undisturbed_run(tmp_path, bl
     assert predict.main([str(a) for a in predict_args(out)]) == 0
     assert "2 cases written" in capsys.readouterr().out
     assert_same_files(out, reference)
+
+
+def test_in_pieces_writes_the_same_bytes_in_calls_of_at_most_a_piece(tmp_path, monkeypatch):
+    """util.outputs.in_pieces: the file that one large write() would give, handed to the kernel
+    PIECE bytes at a time (a write of 1 MB or more is slow on the test VMs); np.save and zipfile
+    write through it as through a file."""
+    import zipfile
+
+    from util import outputs
+
+    sizes = []
+
+    class Recorded(io.FileIO):
+        def write(self, data):
+            sizes.append(len(memoryview(data).cast("B")))
+            return super().write(data)
+
+    monkeypatch.setattr(outputs, "open", lambda path, *a, **k: Recorded(path, "w"), raising=False)
+    data = np.random.default_rng(0).random(3 * 2**17 + 7)  # 3 MB and a bit
+    with outputs.in_pieces(tmp_path / "a.npy") as handle:
+        np.save(handle, data)
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), data)
+    with outputs.in_pieces(tmp_path / "a.zip") as handle, zipfile.ZipFile(handle, "w") as archive:
+        archive.writestr("data", data.tobytes())  # zipfile seeks back to finish its headers
+    with zipfile.ZipFile(tmp_path / "a.zip") as archive:
+        assert archive.read("data") == data.tobytes()
+    assert sum(sizes) > 2 * data.nbytes and max(sizes) == outputs.PIECE

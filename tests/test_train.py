@@ -203,3 +203,36 @@ def test_networks_of_one_process_share_a_model_and_restart_from_its_initial_stat
                          for v in seeds)
     assert all(not np.any(keras.ops.convert_to_numpy(v)) for v in second.optimizer.variables
                if "momentum" in v.path or "velocity" in v.path)
+
+
+def h5_contents(path: Path) -> dict:
+    """Every dataset of an HDF5 file by name, as bytes."""
+    import h5py
+
+    contents = {}
+    with h5py.File(path) as handle:
+        handle.visititems(lambda name, item: contents.__setitem__(name, item[()].tobytes())
+                          if isinstance(item, h5py.Dataset) else None)
+    return contents
+
+
+def test_checkpoints_are_the_files_keras_save_and_save_weights_write(tmp_path):
+    """Checkpoints writes last.keras through callbacks.save_model (model.save in small write()
+    calls) and best.weights.h5 through copy_weights (copied out of last.keras): the same
+    variables and optimizer slots as Keras's own model.save and save_weights."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    model.compile(optimizer=keras.optimizers.Nadam(), loss="mse")
+    model.train_on_batch(np.ones((2, 4)), np.zeros((2, 3)))
+    callbacks.save_model(model, tmp_path / "last.keras")
+    callbacks.copy_weights(tmp_path / "last.keras", tmp_path / "best.weights.h5")
+    model.save(tmp_path / "keras.keras")
+    model.save_weights(tmp_path / "keras.weights.h5")
+
+    ours, theirs = (keras.saving.load_model(tmp_path / f"{n}.keras") for n in ("last", "keras"))
+    assert int(ours.optimizer.iterations) == 1
+    for a, b in zip(ours.weights + ours.optimizer.variables,
+                    theirs.weights + theirs.optimizer.variables):
+        np.testing.assert_array_equal(a, b)
+    best = h5_contents(tmp_path / "best.weights.h5")
+    assert best == h5_contents(tmp_path / "keras.weights.h5")
+    assert any(name.startswith("optimizer/") for name in best)  # the slots, for --repair
