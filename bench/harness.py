@@ -1,12 +1,14 @@
 """What the benchmarks share: each row runs in its own process, so its peak memory is its own."""
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project's packages, for a script run as bench/NAME.py
+
+from util.measure import peak_resident_bytes  # noqa: E402
 
 
 def peak_gb() -> float:
@@ -15,7 +17,7 @@ def peak_gb() -> float:
     gpu = gpu_in_use()
     if gpu is not None:
         return gpu[1] / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return peak_resident_bytes() / 1e9
 
 
 def device_name() -> str:

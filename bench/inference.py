@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages and commands, for a script run as bench/NAME.py
 
 from harness import run_row  # noqa: E402
+from util.measure import peak_resident_bytes  # noqa: E402
 
 # key: (system, precision, TTA)
 ROWS = {
@@ -106,7 +106,7 @@ def peak_gb(torch_device=None) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated() / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return peak_resident_bytes() / 1e9
 
 
 # ---- the rows (each in its own process) ----------------------------------------------------------

@@ -223,3 +223,16 @@ def test_each_row_records_what_its_predictions_hold(quick):
     for name in SYSTEMS.split(","):
         figures = json.loads((quick / "results" / f"{name}.json").read_text())["measured"]
         assert figures["cases"] == 2 and set(figures["predicted"]) == {"WT", "TC", "ET"}
+
+
+def test_a_measured_process_reports_its_own_peak_memory(tmp_path):
+    """A row's peak memory is its own process's: with ru_maxrss, a child that subprocess starts
+    (vfork) reported this 1 GB test process's peak as its own."""
+    import numpy as np
+
+    from util.measure import measured
+
+    held = np.ones(2**27)  # 1 GiB, touched
+    result = measured("synthetic", ["--help"], tmp_path / "help.log")
+    assert result["status"] == 0
+    assert 10 * 2**20 < result["peak_bytes"] < held.nbytes // 2, result
