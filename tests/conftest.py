@@ -161,6 +161,49 @@ def quick_comparison_data(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "compare_data", build)
 
 
+# ---- the tiny configuration: tests of how things run, not of what they learn -----------------
+
+TINY_CROP = (slice(16, 48), slice(16, 48), slice(18, 30))  # 32x32x12 out of small_cache's 64x64x48
+
+
+def write_tiny_config(path: Path, model: dict | None = None, **train) -> Path:
+    """configs/small.yaml at 32x32x12 with narrow 3D layers and no dropout (the same
+    EfficientNet-B0 backbone); `model` and `train` override entries of those sections."""
+    import yaml
+
+    values = yaml.safe_load((Path(__file__).parents[1] / "configs" / "small.yaml").read_text())
+    values["name"] = "tiny"
+    values["data"]["crop_size"] = [32, 32, 12]
+    values["model"].update(depth_factors=[2, 2, 1], encoder_filters=[8, 8, 8, 8],
+                           decoder_filters=[32, 16, 16, 8], encoder_dropout=0.0,
+                           decoder_dropout=0.0, skip_dropout=0.0, **(model or {}))
+    values["train"].update(train)
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def write_tiny_cache(small_cache: Path, out: Path, count: int) -> Path:
+    """The first `count` cases of small_cache cut to TINY_CROP around their centre (FLAIR and
+    regions), a cache for write_tiny_config's configuration."""
+    import json
+
+    import numpy as np
+
+    from datasets.cache import CACHE_SETTINGS, Cache
+
+    out.mkdir(parents=True)
+    settings = json.loads((small_cache / CACHE_SETTINGS).read_text())
+    settings["crop_size"] = [32, 32, 12]
+    (out / CACHE_SETTINGS).write_text(json.dumps(settings))
+    for case_id in Cache(small_cache).ids[:count]:
+        (out / case_id).mkdir()
+        shutil.copy(small_cache / case_id / "meta.json", out / case_id)
+        for name in ("flair", "regions"):
+            array = np.load(small_cache / case_id / f"{name}.npy")[TINY_CROP]
+            np.save(out / case_id / f"{name}.npy", np.ascontiguousarray(array))
+    return out
+
+
 @contextlib.contextmanager
 def steps_run_eagerly(flag: bool):
     """Keras steps (TensorFlow's functions) eager or traced inside the block, as before after."""

@@ -6,7 +6,6 @@ crops, narrow layers, the same EfficientNet-B0 backbone) because JAX compiles sl
 XLA's CPU backend at optimisation level 0 compiles these programs several times faster.
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -16,20 +15,18 @@ import keras
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 
 import predict
 import synthetic
 import train
 from util.config import load_config
 from datasets.cache import Cache
-from datasets.cache import CACHE_SETTINGS
 from tests.backend_probe import without_dropout
+from tests.conftest import write_tiny_cache, write_tiny_config
 from systems import families, networks
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_BACKENDS = ("jax", "torch")
-CROP = (slice(16, 48), slice(16, 48), slice(18, 30))  # 32x32x12 out of the small cache's 64x64x48
 # This process's TensorFlow reference step and predictions skip tracing (about 20 s): the numbers
 # are under test, and JAX and PyTorch are compared with TensorFlow's own ops.
 pytestmark = pytest.mark.usefixtures("eager")
@@ -42,34 +39,14 @@ def backend_env(backend: str) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
-    values = yaml.safe_load((ROOT / "configs" / "small.yaml").read_text())
-    values["name"] = "tiny"
-    values["data"]["crop_size"] = [32, 32, 12]
-    values["model"].update(depth_factors=[2, 2, 1], encoder_filters=[8, 8, 8, 8],
-                           decoder_filters=[32, 16, 16, 8], encoder_dropout=0.0,
-                           decoder_dropout=0.0, skip_dropout=0.0)
-    values["train"].update(epochs=1, validation_fraction=0.0)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+    return write_tiny_config(tmp_path_factory.mktemp("tiny") / "tiny.yaml", epochs=1,
+                             validation_fraction=0.0)
 
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory, small_cache) -> Path:
     """Four cases of the small cache cut to 32x32x12 around their centre (FLAIR and regions)."""
-    import json
-
-    out = tmp_path_factory.mktemp("tiny_cache")
-    settings = json.loads((small_cache / CACHE_SETTINGS).read_text())
-    settings["crop_size"] = [32, 32, 12]
-    (out / CACHE_SETTINGS).write_text(json.dumps(settings))
-    for case_id in Cache(small_cache).ids[:4]:
-        (out / case_id).mkdir()
-        shutil.copy(small_cache / case_id / "meta.json", out / case_id)
-        for name in ("flair", "regions"):
-            array = np.load(small_cache / case_id / f"{name}.npy")[CROP]
-            np.save(out / case_id / f"{name}.npy", np.ascontiguousarray(array))
-    return out
+    return write_tiny_cache(small_cache, tmp_path_factory.mktemp("tiny_cache") / "cache", 4)
 
 
 def test_same_outputs_loss_and_checkpoints_on_every_backend(tmp_path, tiny_config, tiny_cache):

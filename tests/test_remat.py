@@ -11,9 +11,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-import yaml
 
 from systems import een
+from tests.conftest import write_tiny_config
 from util.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,16 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def tiny_config(tmp_path_factory) -> Path:
-    """The small config at 32x32x12 with narrow layers, every 3D level rematerialised."""
-    values = yaml.safe_load((ROOT / "configs" / "small.yaml").read_text())
-    values["data"]["crop_size"] = [32, 32, 12]
-    values["model"].update(depth_factors=[2, 2, 1], encoder_filters=[8, 8, 8, 8],
-                           decoder_filters=[32, 16, 16, 8], encoder_dropout=0.0,
-                           decoder_dropout=0.0, skip_dropout=0.0, norm_2d="batch",
-                           remat_levels=[1, 2, 3, 4])
-    path = tmp_path_factory.mktemp("remat") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(values))
-    return path
+    """The tiny config (conftest) with batch norm in 2D and every 3D level rematerialised."""
+    return write_tiny_config(tmp_path_factory.mktemp("remat") / "tiny.yaml",
+                             model={"norm_2d": "batch", "remat_levels": [1, 2, 3, 4]})
 
 
 def probe(backend: str, config: Path, out: Path) -> dict:

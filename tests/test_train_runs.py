@@ -19,7 +19,7 @@ import losses  # noqa: F401  (the loss and metrics load_model reads, as train.py
 import model  # noqa: F401  (the EEN's layers: the two-replica run's file is read before any build)
 import train
 from util import resume
-from tests.conftest import FULL, cut, linked_copy
+from tests.conftest import FULL, cut, linked_copy, write_tiny_cache, write_tiny_config
 from tests.test_train import expect_error, history, run_train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,9 +84,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small3_cach
     assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
 
 
-# train.py's main with eager steps, for subprocesses (the two-replica epoch: about 50 s eagerly,
-# 140 s traced, 110 s of it MirroredStrategy's tracing of the step for two replicas; make test-full,
-# EEN_TEST_FULL=1, runs it traced, as train.py runs for a user).
+# train.py's main with eager steps, for subprocesses (the two-replica epoch of the small config:
+# about 50 s eagerly, 140 s traced, 110 s of it MirroredStrategy's tracing of the step for two
+# replicas; make test runs it on the tiny config eagerly, make test-full on the small one traced).
 EAGERLY = ["-c", "import sys, tensorflow, train; tensorflow.config.run_functions_eagerly(True); "
                  "sys.exit(train.main(sys.argv[1:]))"]
 
@@ -264,10 +264,16 @@ def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, small3_cache, one
 def test_an_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, small_cache):
     """13 training cases: 6 steps of global batch 2, one case on each replica; of 3 validation
     cases 2 are validated, one on each replica (an odd case out had left a replica an empty
-    share, and the step failed)."""
-    command = [sys.executable, *(["train.py"] if FULL else EAGERLY), "--config",
-               "configs/small.yaml", "--data", str(small_cache), "--out", str(tmp_path / "run"),
-               "--epochs", "1", "--cpu-replicas", "2", "--verbose", "0"]
+    share, and the step failed). make test: the tiny configuration (32x32x12, conftest), eagerly;
+    make test-full: the small configuration, traced."""
+    if FULL:
+        config, cache = "configs/small.yaml", small_cache
+    else:
+        config = write_tiny_config(tmp_path / "tiny.yaml")
+        cache = write_tiny_cache(small_cache, tmp_path / "cache", 16)
+    command = [sys.executable, *(["train.py"] if FULL else EAGERLY), "--config", str(config),
+               "--data", str(cache), "--out", str(tmp_path / "run"), "--epochs", "1",
+               "--cpu-replicas", "2", "--verbose", "0"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
