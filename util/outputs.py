@@ -114,17 +114,18 @@ def atomic(path):
 
 # Bytes a write() call hands the kernel (in_pieces): on the virtual machines this project is tested
 # on (Linux 6.18 guests that hand freed memory back to their host), one write() of 1 MB or more to
-# ext4 has the kernel take large page-cache folios from memory the host took back: 15-25 ms of system
+# ext4 has the kernel take large page-cache folios from memory the host took back: 13-17 ms of system
 # time a MB, against 0.3 ms in 64 KB pieces (docs/test-durations.md, seventh round).
 PIECE = 64 * 1024
 
 
 class _Pieces(io.RawIOBase):
     """A file opened for binary writing whose write() passes the kernel at most PIECE bytes a call;
-    seekable, so zipfile, h5py and numpy can write through it."""
+    seekable, so zipfile (Keras's .keras) and numpy can write through it."""
 
     def __init__(self, path):
         super().__init__()
+        self.name = str(path)  # as a file's; Keras puts a temporary beside it when memory is short
         self.file = open(path, "wb", buffering=0)
 
     def writable(self):
