@@ -216,10 +216,13 @@ def h5_contents(path: Path) -> dict:
     return contents
 
 
-def test_checkpoints_are_the_files_keras_save_and_save_weights_write(tmp_path):
+def test_checkpoints_are_the_files_keras_save_and_save_weights_write(tmp_path, monkeypatch):
     """Checkpoints writes last.keras through callbacks.save_model (model.save in small write()
     calls) and best.weights.h5 through copy_weights (copied out of last.keras): the same
-    variables and optimizer slots as Keras's own model.save and save_weights."""
+    variables and optimizer slots as Keras's own model.save and save_weights; also when Keras,
+    short of memory, writes the weights to a temporary file beside the checkpoint first."""
+    from keras.src.saving import saving_lib
+
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
     model.compile(optimizer=keras.optimizers.Nadam(), loss="mse")
     model.train_on_batch(np.ones((2, 4)), np.zeros((2, 3)))
@@ -236,3 +239,10 @@ def test_checkpoints_are_the_files_keras_save_and_save_weights_write(tmp_path):
     best = h5_contents(tmp_path / "best.weights.h5")
     assert best == h5_contents(tmp_path / "keras.weights.h5")
     assert any(name.startswith("optimizer/") for name in best)  # the slots, for --repair
+
+    monkeypatch.setattr(saving_lib, "is_memory_sufficient", lambda model: False)
+    (tmp_path / "short").mkdir()
+    callbacks.save_model(model, tmp_path / "short" / "last.keras")
+    assert [p.name for p in (tmp_path / "short").iterdir()] == ["last.keras"]  # no temporary left
+    callbacks.copy_weights(tmp_path / "short" / "last.keras", tmp_path / "short.weights.h5")
+    assert h5_contents(tmp_path / "short.weights.h5") == best
