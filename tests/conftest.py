@@ -44,15 +44,15 @@ SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # the longest start first: the scheduler hands out groups in collection order, and a long group
 # started last leaves the other worker idle at the end. A group not listed counts 0.
 GROUP_SECONDS = {
-    "test_train.py": 305, "test_train_runs.py": 298, "test_compare.py": 273,
-    "test_backends.py": 256, "full_size": 208, "test_compare_peers.py": 166,
-    "test_predict.py": 164, "test_outputs.py": 162, "test_bench_gpu.py": 136,
-    "test_overfit.py[een]": 127, "test_prepare.py": 124, "test_baselines_pipeline.py": 115,
-    "test_container.py": 88, "test_remat.py": 78, "trained_run_writers": 72,
-    "test_notebooks.py": 64, "test_bench_inference.py": 63, "test_fast_layers.py": 60,
-    "test_brats.py": 54, "test_overfit.py[kermi2018]": 44, "test_overfit.py": 43,
-    "test_synthetic.py": 38, "test_overfit.py[unet3d_patches]": 33,
-    "test_overfit.py[bennaceur2020]": 32, "test_real_files.py": 31,
+    "test_compare.py": 349, "test_train.py": 251, "test_backends.py": 234,
+    "test_train_runs.py": 198, "test_overfit.py[een]": 151, "full_size": 144,
+    "test_bench_gpu.py": 143, "test_prepare.py": 126, "test_outputs.py": 120,
+    "test_predict.py": 114, "test_compare_peers.py": 108, "test_baselines_pipeline.py": 92,
+    "test_container.py": 76, "test_remat.py": 75, "trained_run_writers": 66,
+    "test_fast_layers.py": 54, "test_bench_inference.py": 52, "test_brats.py": 47,
+    "test_overfit.py": 46, "test_notebooks.py": 42, "test_overfit.py[kermi2018]": 41,
+    "test_synthetic.py": 32, "test_real_files.py": 29, "test_overfit.py[unet3d_patches]": 28,
+    "test_overfit.py[bennaceur2020]": 27,
 }
 
 
