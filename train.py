@@ -157,7 +157,7 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
                                                config.train.dice_per_channel),
                   metrics=losses.region_metrics(config.model.output_activation),
                   jit_compile=families.jit_setting(jit))
-    model.optimizer.build(model.trainable_variables)
+    families.with_optimizer_built(model)
     initial = [keras.ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables]
     shared[config.model.channels] = (model, initial)
     return model

@@ -87,6 +87,8 @@ def compiled_for_training(model, config):
 
     import losses
 
+    from systems.families import with_optimizer_built
+
     model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
                   loss=losses.DiceCrossEntropy(config.model.output_activation))
-    return model
+    return with_optimizer_built(model)

@@ -47,6 +47,7 @@ def worker(args) -> dict:
     import losses
     from util.config import load_config
     from model import FAST, STOCK, Kernels, build_model
+    from systems.families import with_optimizer_built
 
     config = load_config(args.config)
     config.model.backbone_weights = None
@@ -74,6 +75,7 @@ def worker(args) -> dict:
             optimizer.apply(grads, model.trainable_weights)
     else:
         model.compile(optimizer=optimizer, loss=loss, jit_compile=args.xla)
+        with_optimizer_built(model)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
     start = time.perf_counter()
     step()  # first call traces / compiles
