@@ -262,24 +262,24 @@ def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, small3_cache, one
 # ---- two replicas: last, when small_cache is built (test_train.py's worker builds it) ----------
 
 def test_an_epoch_under_mirrored_strategy_on_two_logical_cpus(tmp_path, small_cache):
-    """13 training cases: 6 steps of global batch 2, one case on each replica; of 3 validation
-    cases 2 are validated, one on each replica (an odd case out had left a replica an empty
-    share, and the step failed). make test: the tiny configuration (32x32x12, conftest), eagerly;
-    make test-full: the small configuration, traced."""
+    """Steps of global batch 2, one case on each replica; of 3 validation cases 2 are validated,
+    one on each replica (an odd case out had left a replica an empty share, and the step failed).
+    make test: 4 training cases (2 steps) of the tiny configuration (32x32x12, conftest), eagerly;
+    make test-full: 13 (6 steps) of the small configuration, traced."""
     if FULL:
-        config, cache = "configs/small.yaml", small_cache
+        config, cache, training = "configs/small.yaml", small_cache, 13
     else:
-        config = write_tiny_config(tmp_path / "tiny.yaml")
-        cache = write_tiny_cache(small_cache, tmp_path / "cache", 16)
+        config = write_tiny_config(tmp_path / "tiny.yaml", validation_fraction=0.4)
+        cache, training = write_tiny_cache(small_cache, tmp_path / "cache", 7), 4
     command = [sys.executable, *(["train.py"] if FULL else EAGERLY), "--config", str(config),
                "--data", str(cache), "--out", str(tmp_path / "run"), "--epochs", "1",
                "--cpu-replicas", "2", "--verbose", "0"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "13 training / 2 validation cases (1 left out" in done.stdout
+    assert f"{training} training / 2 validation cases (1 left out" in done.stdout
     assert "global batch 2 on 2 replica(s)" in done.stdout
     state = json.loads((tmp_path / "run" / "flair" / "state.json").read_text())
     assert state["epochs_done"] == 1 and 0 <= state["best_score"] <= 1  # a validation Dice
     model = keras.saving.load_model(tmp_path / "run" / "flair" / "last.keras")
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 13 // 2
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == training // 2
