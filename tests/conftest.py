@@ -227,7 +227,7 @@ def eager():
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_cache):
-    """The learning check's run: the FLAIR network of the small config, 13 cases, 10 epochs;
+    """The learning check's run: the FLAIR network of the small config, 13 cases, 8 epochs;
     traced, as users train, whichever module first asks for it."""
     import train
 
@@ -235,7 +235,7 @@ def trained_run(tmp_path_factory, small_cache):
         with steps_run_eagerly(False):
             assert train.main(["--config", "configs/small.yaml", "--data", str(small_cache),
                                "--modality", "flair", "--out", str(root / "small"), "--epochs",
-                               "10", "--verbose", "2"]) == 0
+                               "8", "--verbose", "2"]) == 0
 
     return built_once(tmp_path_factory, "runs", build) / "small"
 
