@@ -151,7 +151,8 @@ def compiled(config: Config, steps_per_epoch: int, jit: bool, resume_from=None):
 def with_optimizer_built(model):
     """`model` (compiled) with its optimizer's variables made now. Keras otherwise makes them
     inside the first training step, and TensorFlow traces a step that creates variables twice:
-    the small EEN's first epoch took 40 s instead of 23 (docs/test-durations.md, eighth round)."""
+    the small EEN's first fit on one crop took 40.0 s instead of 22.9 (docs/test-durations.md,
+    eighth round)."""
     model.optimizer.build(model.trainable_variables)
     return model
 
