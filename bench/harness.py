@@ -86,7 +86,6 @@ def compiled_for_training(model, config):
     import keras
 
     import losses
-
     from systems.families import with_optimizer_built
 
     model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
