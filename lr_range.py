@@ -77,7 +77,7 @@ def range_test(config, cache: Cache, steps: int, low: float, high: float) -> dic
     optimizer = keras.optimizers.Adam(float(swept[0]))
     network = family.build(config)
     network.compile(optimizer=optimizer, loss=family.loss(config))
-    families.with_optimizer_built(network)
+    families.ready_to_train(network)
     losses = []
     while len(losses) < steps:
         batches.set_epoch(len(losses) // max(len(batches), 1))

@@ -157,7 +157,7 @@ def compiled_model(config: Config, jit: bool, resume_from: Path | None, learning
                                                config.train.dice_per_channel),
                   metrics=losses.region_metrics(config.model.output_activation),
                   jit_compile=families.jit_setting(jit))
-    families.with_optimizer_built(model)
+    families.ready_to_train(model)
     initial = [keras.ops.convert_to_numpy(v) for v in model.variables + model.optimizer.variables]
     shared[config.model.channels] = (model, initial)
     return model

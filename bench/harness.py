@@ -86,8 +86,8 @@ def compiled_for_training(model, config):
     import keras
 
     import losses
-    from systems.families import with_optimizer_built
+    from systems.families import ready_to_train
 
     model.compile(optimizer=keras.optimizers.Nadam(config.train.learning_rate),
                   loss=losses.DiceCrossEntropy(config.model.output_activation))
-    return with_optimizer_built(model)
+    return ready_to_train(model)

@@ -15,9 +15,11 @@ keras.layers.GroupNormalization, no XLA, called eagerly (`model(x)`; training wi
 GradientTape). The other rows are this project's paths: the fast GroupNorm and a compiled step
 (`predict_on_batch` / `train_on_batch`), in float32 or mixed bfloat16 (mixed_float16 is for
 GPUs: add it with --precisions), XLA off and on, and the training step with the 3D residual
-blocks rematerialised (model.remat_levels, --remat-levels; the other rows run without), and
+blocks rematerialised (model.remat_levels, --remat-levels; the other rows run without);
 "before": the compiled step of the network as built before fast_layers.Conv3D (Keras's
-strided Conv3D in the depth encoder). --backends runs the rows under each Keras backend in turn
+strided Conv3D in the depth encoder); "stockupdate": the compiled step with Keras's own
+optimizer update, variable by variable, instead of systems/fast_updates.py's (a closing line
+compares their first calls, the trace). --backends runs the rows under each Keras backend in turn
 (the eager baseline is TensorFlow's only); --xla-flags adds XLA_FLAGS to the JAX rows. Ratios are
 against the first row of the same run (the baseline unless --rows leaves it out); the closing
 lines compare rematerialisation with the same precision without it, and each backend's float32
@@ -47,7 +49,7 @@ def worker(args) -> dict:
     import losses
     from util.config import load_config
     from model import FAST, STOCK, Kernels, build_model
-    from systems.families import with_optimizer_built
+    from systems.families import ready_to_train
 
     config = load_config(args.config)
     config.model.backbone_weights = None
@@ -75,7 +77,10 @@ def worker(args) -> dict:
             optimizer.apply(grads, model.trainable_weights)
     else:
         model.compile(optimizer=optimizer, loss=loss, jit_compile=args.xla)
-        with_optimizer_built(model)
+        if args.variant == "stockupdate":
+            model.optimizer.build(model.trainable_variables)  # Keras's update, variable by variable
+        else:
+            ready_to_train(model)
         step = lambda: model.train_on_batch(x, y)  # noqa: E731
     start = time.perf_counter()
     step()  # first call traces / compiles
@@ -92,6 +97,8 @@ def worker(args) -> dict:
 VARIANTS = {  # key: (row name, variant, precision, xla, rematerialised)
     "eager": ("baseline: float32, eager, stock GN", "baseline", "float32", False, False),
     "f32-before": ("float32, compiled, before", "before", "float32", False, False),
+    "f32-stockupdate": ("float32, compiled, Keras's update", "stockupdate", "float32", False,
+                        False),
     "f32": ("float32, compiled", "project", "float32", False, False),
     "f32-xla": ("float32, compiled, XLA", "project", "float32", True, False),
     "bf16-before": ("mixed_bfloat16, compiled, before", "before", "mixed_bfloat16", False, False),
@@ -148,8 +155,9 @@ def main(argv=None) -> int:
         base, results = None, {}
         for backend in backends:
             for name, variant, precision, xla, remat in rows:
-                if (remat and task != "train") or (variant == "baseline" and backend != "tensorflow"):
-                    continue  # remat only changes the backward pass; the eager baseline is TF's
+                if ((remat or variant == "stockupdate") and task != "train"
+                        or (variant == "baseline" and backend != "tensorflow")):
+                    continue  # remat, the update: training only; the eager baseline is TF's
                 levels = args.remat_levels if remat else ""
                 result = run_variant(args.config, task, variant, precision, xla, levels,
                                      args.repeats, backend, args.xla_flags)
@@ -181,6 +189,11 @@ def closing_lines(results: dict, backends: list, args, task: str) -> list:
             if plain and before:
                 lines.append(f"fast_layers.Conv3D vs Keras's strided Conv3D, {precision} {task} "
                              f"({backend}): x{plain['seconds'] / before['seconds']:.2f}")
+            stock = results.get((backend, "stockupdate", precision, False, False))
+            if plain and stock:
+                lines.append(f"fast_updates vs Keras's update, {precision} {task} ({backend}): "
+                             f"first call x{plain['first_call'] / stock['first_call']:.2f}, step "
+                             f"x{plain['seconds'] / stock['seconds']:.2f}")
     for variant in ("before", "project"):
         first = results.get((backends[0], variant, "float32", False, False))
         for backend in backends[1:]:

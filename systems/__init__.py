@@ -8,6 +8,7 @@
     bennaceur2020.py   selective attention on 64x64 grid patches, weighted CE, post-processing
     common.py          what the baselines share: raw intensities, per-slice normalisation
     fast_layers.py     the EEN's GroupNorm and depth-strided Conv3D (same function, faster)
+    fast_updates.py    Keras's Nadam and Adam updating all variables at once (same numbers)
     networks.py        a run's trained networks, found and loaded for prediction
 
 Every baseline module offers the functions families.py gathers into a Family: build, loss,

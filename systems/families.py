@@ -145,15 +145,19 @@ def compiled(config: Config, steps_per_epoch: int, jit: bool, resume_from=None):
     model = family.build(config)
     model.compile(optimizer=family.optimizer(config, steps_per_epoch), loss=family.loss(config),
                   metrics=family.metrics(config), jit_compile=jit_setting(jit))
-    return with_optimizer_built(model)
+    return ready_to_train(model)
 
 
-def with_optimizer_built(model):
-    """`model` (compiled) with its optimizer's variables made now. Keras otherwise makes them
-    inside the first training step, and TensorFlow traces a step that creates variables twice:
-    the small EEN's first fit on one crop took 40.0 s instead of 22.9 (docs/test-durations.md,
-    eighth round)."""
+def ready_to_train(model):
+    """`model` (compiled) with its optimizer's variables made now and its update computed for all
+    variables at once (fast_updates.at_once: Keras's numbers, bit for bit). Keras otherwise makes
+    the variables inside the first training step, and TensorFlow traces a step that creates
+    variables twice: the small EEN's first fit on one crop took 40.0 s instead of 22.9
+    (docs/test-durations.md, eighth round)."""
+    from systems import fast_updates
+
     model.optimizer.build(model.trainable_variables)
+    fast_updates.at_once(model.optimizer)
     return model
 
 
@@ -173,8 +177,11 @@ def loaded_for_training(path, jit: bool):
     True put TensorFlow on XLA."""
     import keras
 
+    from systems import fast_updates
+
     model = keras.saving.load_model(path)
     model.jit_compile = jit_setting(jit)
+    fast_updates.at_once(model.optimizer)
     return model
 
 

@@ -1,11 +1,16 @@
-"""Run by tests/test_fast_layers.py under one Keras backend: each fast layer beside its stock twin.
+"""Run by tests/test_fast_layers.py under one Keras backend: each fast layer beside its stock twin,
+and fast_updates' optimizer update beside Keras's.
 
     KERAS_BACKEND=jax python -m tests.layer_probe OUT.npz
 
 For every case in CASES, the stock Keras layer and the fast_layers one are built with the same
 weights and called on the same input; OUT.npz holds both outputs and both gradients of
 sum(output * cotangent) with respect to the input and to every weight, named
-"<case>/<stock|fast>/<output|input_grad|weight_grad_i>".
+"<case>/<stock|fast>/<output|input_grad|weight_grad_i>". For each of UPDATED, a small network
+from the same weights takes three compiled training steps with Keras's update and with
+fast_updates.at_once's: "update/<optimizer>/<stock|fast>/<i>" every variable of network and
+optimizer after them, "update/<optimizer>/joined" the calls of fast_updates.joined (3 a trace),
+"update/initial/<i>" the network's weights before them.
 """
 import sys
 from pathlib import Path
@@ -73,6 +78,61 @@ def output_and_gradients(layer, x: np.ndarray, cotangent: np.ndarray) -> list:
     return [t.detach().numpy() for t in [y, x.grad, *[w.value.grad for w in layer.trainable_weights]]]
 
 
+UPDATED = ("Nadam", "Adam")
+
+
+def small_network(x_shape: tuple, outputs: int):
+    """Conv3D, GroupNorm and Dense: weights of several shapes for an optimizer to update."""
+    import keras
+
+    from systems import fast_layers
+
+    return keras.Sequential([keras.Input(x_shape), keras.layers.Conv3D(4, 3, padding="same"),
+                             fast_layers.GroupNorm(groups=2),
+                             keras.layers.Dense(outputs, activation="sigmoid")])
+
+
+def trained_variables(optimizer: str, fast: bool, weights: list, x, y) -> list:
+    """Every variable of small_network and its optimizer after three compiled training steps from
+    `weights`, with fast_updates' update or Keras's."""
+    import keras
+
+    from systems import fast_updates
+    from systems.families import jit_setting
+
+    network = small_network(x.shape[1:], y.shape[-1])
+    network.set_weights(weights)
+    network.compile(optimizer=getattr(keras.optimizers, optimizer)(1e-2),
+                    loss="binary_crossentropy", jit_compile=jit_setting(False))
+    network.optimizer.build(network.trainable_variables)
+    if fast:
+        fast_updates.at_once(network.optimizer)
+    for _ in range(3):
+        network.train_on_batch(x, y)
+    return [keras.ops.convert_to_numpy(v) for v in network.variables + network.optimizer.variables]
+
+
+def update_results(rng) -> dict:
+    """UPDATED's "update/..." entries (the module docstring)."""
+    from systems import fast_updates
+
+    calls = []
+    joined = fast_updates.joined
+    fast_updates.joined = lambda tensors: calls.append(1) or joined(tensors)
+    x = rng.standard_normal((2, 6, 5, 4, 2)).astype("float32")
+    y = (rng.random((2, 6, 5, 4, 3)) > 0.7).astype("float32")
+    weights = [rng.standard_normal(w.shape).astype("float32")
+               for w in small_network(x.shape[1:], y.shape[-1]).get_weights()]
+    results = {f"update/initial/{i}": w for i, w in enumerate(weights)}
+    for optimizer in UPDATED:
+        calls.clear()
+        for label, fast in (("stock", False), ("fast", True)):
+            values = trained_variables(optimizer, fast, weights, x, y)
+            results.update({f"update/{optimizer}/{label}/{i}": v for i, v in enumerate(values)})
+        results[f"update/{optimizer}/joined"] = np.array(len(calls))
+    return results
+
+
 def main(argv: list) -> int:
     rng = np.random.default_rng(0)
     results = {}
@@ -91,6 +151,7 @@ def main(argv: list) -> int:
             results[f"{name}/{label}/input_grad"] = input_grad
             for i, grad in enumerate(weight_grads):
                 results[f"{name}/{label}/weight_grad_{i}"] = grad
+    results.update(update_results(rng))
     np.savez(argv[0], **results)
     return 0
 

@@ -1,5 +1,6 @@
 """fast_layers computes the stock layers' function with their weights, on every installed backend;
-checkpoints saved with the stock layers load into the fast network and give the same outputs."""
+checkpoints saved with the stock layers load into the fast network and give the same outputs.
+fast_updates' optimizer update gives Keras's numbers bit for bit (the same probe process)."""
 import importlib.util
 import os
 import re
@@ -16,25 +17,26 @@ from systems import een
 from util.config import load_config
 from systems import fast_layers
 from systems.fast_layers import depth_folding
-from tests.layer_probe import CASES
+from tests.layer_probe import CASES, UPDATED
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = [b for b in ("tensorflow", "jax", "torch")
             if importlib.util.find_spec({"tensorflow": "tensorflow"}.get(b, b))]
 
 
-def probe(backend: str, out: Path) -> dict:
-    """tests/layer_probe.py's results under `backend` (a process of its own)."""
+@pytest.fixture(scope="module", params=BACKENDS)
+def probed(request, tmp_path_factory) -> tuple:
+    """(backend, tests/layer_probe.py's results under it), from a process of its own."""
+    backend, out = request.param, tmp_path_factory.mktemp("probe") / "results.npz"
     env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     subprocess.run([sys.executable, "-m", "tests.layer_probe", str(out)], cwd=ROOT, env=env,
                    check=True, capture_output=True)
-    return dict(np.load(out))
+    return backend, dict(np.load(out))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fast_layers_equal_stock_outputs_and_gradients(backend, tmp_path):
-    results = probe(backend, tmp_path / f"{backend}.npz")
+def test_fast_layers_equal_stock_outputs_and_gradients(probed):
+    _, results = probed
     for name, *_ in CASES:
         keys = sorted(k.split("/", 2)[2] for k in results if k.startswith(f"{name}/stock/"))
         assert {"output", "input_grad", "weight_grad_0"} <= set(keys), name
@@ -43,6 +45,22 @@ def test_fast_layers_equal_stock_outputs_and_gradients(backend, tmp_path):
             assert stock.shape == fast.shape, (name, key)
             scale = max(1.0, float(np.abs(stock).max()))
             np.testing.assert_allclose(fast, stock, rtol=0, atol=2e-5 * scale, err_msg=f"{name} {key}")
+
+
+def test_the_joined_update_gives_keras_numbers_bit_for_bit(probed):
+    """Three compiled steps of Nadam and Adam leave every weight and optimizer variable equal to
+    the last bit; the joined update ran on TensorFlow, JAX and PyTorch kept Keras's."""
+    backend, results = probed
+    for optimizer in UPDATED:
+        stock = sorted(k for k in results if k.startswith(f"update/{optimizer}/stock/"))
+        assert len(stock) >= 10, optimizer  # 6 weights, the step counter, the moments
+        for key in stock:
+            np.testing.assert_array_equal(results[key.replace("/stock/", "/fast/")], results[key],
+                                          err_msg=f"{optimizer} {key}")
+        assert not np.array_equal(results[f"update/{optimizer}/stock/0"],
+                                  results["update/initial/0"])  # the steps moved the weights
+        joined = int(results[f"update/{optimizer}/joined"])
+        assert joined > 0 if backend == "tensorflow" else joined == 0, (optimizer, joined)
 
 
 @pytest.mark.parametrize("stride", [2, 3, 4])
@@ -152,3 +170,34 @@ def test_grouped_strided_convolution_falls_back_to_keras():
     fast.set_weights(stock.get_weights())
     np.testing.assert_allclose(keras.ops.convert_to_numpy(fast(x)),
                                keras.ops.convert_to_numpy(stock(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_under_a_distribution_strategy_keras_updates_each_mirrored_variable(monkeypatch):
+    """MirroredStrategy: Keras's own update (all-reduce, then each mirrored variable), not the
+    joined one, and the step trains."""
+    import tensorflow as tf
+
+    from systems import fast_updates
+    from systems.families import ready_to_train
+    from tests.layer_probe import small_network
+
+    calls = []
+    joined = fast_updates.joined
+    monkeypatch.setattr(fast_updates, "joined", lambda tensors: calls.append(1) or joined(tensors))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 6, 5, 4, 2)).astype("float32")
+    y = (rng.random((2, 6, 5, 4, 3)) > 0.7).astype("float32")
+
+    def trained_calls(strategy) -> int:
+        with strategy.scope():
+            network = small_network(x.shape[1:], y.shape[-1])
+            network.compile(optimizer=keras.optimizers.Nadam(1e-2), loss="binary_crossentropy")
+            ready_to_train(network)
+        before = network.get_weights()[0]
+        calls.clear()
+        network.train_on_batch(x, y)
+        assert not np.array_equal(network.get_weights()[0], before)
+        return len(calls)
+
+    assert trained_calls(tf.distribute.MirroredStrategy(["/cpu:0"])) == 0
+    assert trained_calls(tf.distribute.get_strategy()) == 3  # the default strategy: joined

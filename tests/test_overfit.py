@@ -107,7 +107,7 @@ def test_family_overfits_one_case(small_cache, name):
     family = families.family_of(config)
     network = family.build(config)
     network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
-    families.with_optimizer_built(network)
+    families.ready_to_train(network)
 
     def labels_of(model) -> np.ndarray:
         outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
@@ -156,7 +156,7 @@ def test_an_overfit_case_through_predict_py(small_cache, tmp_path):
     x, y = family.examples(inputs, regions, config, np.random.default_rng(0), augment=False)
     network = family.build(config)
     network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
-    families.with_optimizer_built(network)
+    families.ready_to_train(network)
     network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0)
     run = tmp_path / "run"
     (run / "kermi2018").mkdir(parents=True)
