@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 import multiprocessing
@@ -86,10 +87,15 @@ def _process(job: tuple) -> Result:
     return process_case(*job)
 
 
-def _exit_on_sigterm() -> None:
-    """In a pool worker: Pool.terminate (after a full disk) raises SystemExit instead of killing
-    the worker outright, so that the case it was writing removes its temporary folder."""
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))
+def removed_leftovers(cache: Path) -> None:
+    """Remove the temporary case folders (util.outputs.atomic: .tmp-PID-ID) of writers that are
+    gone: the pool's workers, killed mid-case when a full disk stopped the batch."""
+    for temporary in cache.glob(".tmp-*"):
+        pid = int(temporary.name.split("-")[1])
+        try:
+            os.kill(pid, 0)  # a writer still running (another process): its folder is its own
+        except ProcessLookupError:
+            shutil.rmtree(temporary, ignore_errors=True)
 
 
 def check_cache_settings(cache: Path, size: tuple, mode: str, factor: int = 1) -> None:
@@ -162,7 +168,7 @@ def main(argv: list | None = None) -> int:
           f"(crop {'x'.join(map(str, size))}, {mode}" + (f", downsampled x{factor})" if factor > 1 else ")"))
     # forkserver: a fork of a process that runs threads (TensorFlow's, when a script that imported
     # it calls main) can deadlock in the child
-    pool = (multiprocessing.get_context("forkserver").Pool(args.jobs, _exit_on_sigterm)
+    pool = (multiprocessing.get_context("forkserver").Pool(args.jobs)
             if args.jobs > 1 and len(todo) > 1 else None)
     run = pool.imap_unordered(_process, todo) if pool else map(_process, todo)
     try:
@@ -172,9 +178,14 @@ def main(argv: list | None = None) -> int:
                     bar.write(f"error: {result.message}", file=sys.stderr)
                 results.append(result)
                 bar.update()
-    finally:  # also when a full disk stops the batch
+    except BaseException:  # a full disk stopped the batch: the workers killed, their halves removed
         if pool:
             pool.terminate()
+            removed_leftovers(args.output)
+        raise
+    if pool:  # every case done: the idle workers end on their own
+        pool.close()
+        pool.join()
     print(report(results))
     return 1 if any(r.status == "failed" for r in results) else 0
 

@@ -96,6 +96,23 @@ def test_report_gives_wt_share_outside_the_crop(tmp_path, brats2020_dir, capsys)
     shares = [m["wt_voxels_lost"] / m["wt_voxels"] for m in metas]
     assert f"mean {100 * np.mean(shares):.2f}%" in out and max(shares) > 0
     assert all(m["crop_mode"] == "brain" for m in metas)
+    assert not list((tmp_path / "c").glob(".tmp-*"))  # the workers ended after their last case
+
+
+def test_a_stopped_pool_leaves_no_half_written_case_of_its_killed_workers(tmp_path):
+    """After a full disk, Pool.terminate kills the workers mid-case: their temporary folders go,
+    a running writer's stays."""
+    import os
+    import subprocess
+    import sys
+
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    for pid, case in ((ended.pid, "BraTS20_Training_001"), (os.getpid(), "BraTS20_Training_002")):
+        (tmp_path / f".tmp-{pid}-{case}").mkdir()
+        (tmp_path / f".tmp-{pid}-{case}" / "flair.npy").write_bytes(b"half")
+    preprocess.removed_leftovers(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f".tmp-{os.getpid()}-BraTS20_Training_002"]
 
 
 # ---- bad input: one clear line, the rest processed, non-zero exit, nothing half-written --------
