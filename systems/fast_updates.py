@@ -6,10 +6,11 @@ all, which TensorFlow traces, optimises and instantiates at the first training s
 scalars are computed once, the gradients, moments and velocities of all variables are joined
 into one vector each, Keras's own formulas run once on those vectors, and the results are split
 back and assigned. Every element goes through the same float32 operations in the same order, so
-weights and optimizer state come out bit for bit as Keras's (tests/test_fast_layers.py). The
-small EEN's first training step, its trace, took 26.9 s instead of 63.4 on 2 CPU cores, and a
-step 0.87 s instead of 0.92 (`bench/network.py --config configs/small.yaml --tasks train --rows
-f32-stockupdate,f32`; docs/test-durations.md, ninth round).
+weights and optimizer state come out bit for bit as Keras's (tests/test_fast_layers.py). On 2
+CPU cores the small EEN's first training call (trace and first execution) took x0.42 and x0.58
+of Keras's in two side-by-side runs, its steps as long (`bench/network.py --config
+configs/small.yaml --tasks train --rows f32-stockupdate,f32`), and train.py's first epoch 35 s
+instead of 44 (docs/test-durations.md, ninth round).
 
 The optimizer stays Keras's class (its instance gets the update, `at_once`), so checkpoints are
 the files they were: a `.keras` saved before or after loads with plain Keras either way.
