@@ -96,6 +96,8 @@ def removed_leftovers(cache: Path) -> None:
             os.kill(pid, 0)  # a writer still running (another process): its folder is its own
         except ProcessLookupError:
             shutil.rmtree(temporary, ignore_errors=True)
+        except PermissionError:  # another user's process, running
+            pass
 
 
 def check_cache_settings(cache: Path, size: tuple, mode: str, factor: int = 1) -> None:

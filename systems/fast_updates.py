@@ -24,6 +24,7 @@ update, 51.8 s joined), and PyTorch's Keras optimizers already update all variab
 """
 from __future__ import annotations
 
+import itertools
 import math
 import types
 
@@ -38,8 +39,7 @@ def joined(tensors: list):
 
 def split_like(vector, variables: list) -> list:
     """The vector cut back into tensors of the variables' shapes (the inverse of joined)."""
-    sizes = [math.prod(v.shape) for v in variables]
-    cuts = [sum(sizes[:k + 1]) for k in range(len(sizes) - 1)]
+    cuts = list(itertools.accumulate(math.prod(v.shape) for v in variables))[:-1]
     return [ops.reshape(piece, v.shape) for piece, v in zip(ops.split(vector, cuts), variables)]
 
 

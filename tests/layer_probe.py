@@ -92,6 +92,12 @@ def small_network(x_shape: tuple, outputs: int):
                              keras.layers.Dense(outputs, activation="sigmoid")])
 
 
+def update_batch(rng) -> tuple:
+    """(x, y) for small_network: two 6x5x4 volumes of 2 channels, 3 sigmoid regions."""
+    x = rng.standard_normal((2, 6, 5, 4, 2)).astype("float32")
+    return x, (rng.random((2, 6, 5, 4, 3)) > 0.7).astype("float32")
+
+
 def trained_variables(optimizer: str, fast: bool, weights: list, x, y) -> list:
     """Every variable of small_network and its optimizer after three compiled training steps from
     `weights`, with fast_updates' update or Keras's."""
@@ -119,8 +125,7 @@ def update_results(rng) -> dict:
     calls = []
     joined = fast_updates.joined
     fast_updates.joined = lambda tensors: calls.append(1) or joined(tensors)
-    x = rng.standard_normal((2, 6, 5, 4, 2)).astype("float32")
-    y = (rng.random((2, 6, 5, 4, 3)) > 0.7).astype("float32")
+    x, y = update_batch(rng)
     weights = [rng.standard_normal(w.shape).astype("float32")
                for w in small_network(x.shape[1:], y.shape[-1]).get_weights()]
     results = {f"update/initial/{i}": w for i, w in enumerate(weights)}

@@ -179,14 +179,12 @@ def test_under_a_distribution_strategy_keras_updates_each_mirrored_variable(monk
 
     from systems import fast_updates
     from systems.families import ready_to_train
-    from tests.layer_probe import small_network
+    from tests.layer_probe import small_network, update_batch
 
     calls = []
     joined = fast_updates.joined
     monkeypatch.setattr(fast_updates, "joined", lambda tensors: calls.append(1) or joined(tensors))
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 6, 5, 4, 2)).astype("float32")
-    y = (rng.random((2, 6, 5, 4, 3)) > 0.7).astype("float32")
+    x, y = update_batch(np.random.default_rng(0))
 
     def trained_calls(strategy) -> int:
         with strategy.scope():
