@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-from util.console import quiet_tensorflow  # noqa: E402
+from util.tensorflow_start import prepare_tensorflow  # noqa: E402
 
-quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
+prepare_tensorflow()  # before anything imports TensorFlow: oneDNN on, its start-up lines off
 
 import numpy as np  # noqa: E402
 

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from util.console import quiet_tensorflow
+from util.tensorflow_start import prepare_tensorflow
 
-quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
+prepare_tensorflow()  # before anything imports TensorFlow: oneDNN on, its start-up lines off
 
 from systems.baselines import baseline_module
 from systems.een import (BACKBONES, COMPRESSED_IMAGE, DECODED_IMAGE, FAST,  # noqa: F401

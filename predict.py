@@ -35,9 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from util.console import quiet_tensorflow
+from util.tensorflow_start import prepare_tensorflow
 
-quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
+prepare_tensorflow()  # before anything imports TensorFlow: oneDNN on, its start-up lines off
 
 from brats.cases import CaseError, find_cases  # noqa: E402
 from brats.codings import CODINGS, PED_CODINGS, CodingError  # noqa: E402

@@ -9,6 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages, for a script run as bench/NAME.py
 
 from util.measure import peak_resident_bytes  # noqa: E402
+from util.tensorflow_start import onednn_kernels  # noqa: E402
+
+onednn_kernels()  # as the commands run TensorFlow, in this process and the rows' (inherited)
 
 
 def peak_gb() -> float:

@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
 
-from util.console import quiet_tensorflow  # noqa: E402
+from util.tensorflow_start import prepare_tensorflow  # noqa: E402
 
-quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
+prepare_tensorflow()  # before anything imports TensorFlow: oneDNN on, its start-up lines off
 
 from brats.cases import CaseError, find_cases  # noqa: E402
 from brats.codings import PED_CODINGS, CodingError  # noqa: E402

@@ -19,9 +19,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from util.console import quiet_tensorflow
+from util.tensorflow_start import prepare_tensorflow
 
-quiet_tensorflow()  # before anything imports TensorFlow: its start-up lines stay off the console
+prepare_tensorflow()  # before anything imports TensorFlow: oneDNN on, its start-up lines off
 
 import keras
 from keras import layers, ops

@@ -1,8 +1,8 @@
 """The console is the project's: TensorFlow's start-up lines kept off it, in one place.
 
-Every command calls quiet_tensorflow() before anything can import TensorFlow. TensorFlow 2.21
-logs through absl before absl is initialised, so TF_CPP_MIN_LOG_LEVEL does not reach its first
-lines, and one `import tensorflow` prints two of them twice (its two shared libraries each say
+Every command calls quiet_tensorflow() (through util/tensorflow_start.py) before anything can
+import TensorFlow. TensorFlow 2.21 logs through absl before absl is initialised, so
+TF_CPP_MIN_LOG_LEVEL does not reach its first lines, and one `import tensorflow` prints two of them twice (its two shared libraries each say
 "oneDNN custom operations are on"). quiet_tensorflow sets TF_CPP_MIN_LOG_LEVEL=2 (errors only)
 unless it is set, and at that level runs the first import of TensorFlow, whenever and wherever it
 happens, with the process's standard error captured: the start-up lines of info and warning
