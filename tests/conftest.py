@@ -15,10 +15,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# oneDNN's kernels on every x86 CPU, as every command sets them (util/tensorflow_start.py): on CPUs
-# without AVX512_VNNI TensorFlow's default, Eigen's, made a small EEN step six times slower. Set
-# before a test file imports keras; the tests' child processes inherit it.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # numpy asks the kernel for 2 MB pages (madvise) for arrays of 4 MB and more; on the CI and
 # development VMs (transparent_hugepage defrag "madvise") each such page first costs a compaction
 # stall, 1 GiB of new arrays 9-20 s of system time instead of 0.3 s (docs/test-durations.md,
@@ -28,6 +24,11 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 import pytest  # noqa: E402
 
 import synthetic  # noqa: E402
+from util.tensorflow_start import onednn_kernels  # noqa: E402
+
+# oneDNN's kernels on every x86 CPU, as the commands run them: set before a test file imports
+# keras; the tests' child processes inherit it.
+onednn_kernels()
 
 SEED = 7
 # make test-full (EEN_TEST_FULL=1): the checks that make test runs smaller, at their full size

@@ -2,12 +2,12 @@
 
 Every command calls quiet_tensorflow() (through util/tensorflow_start.py) before anything can
 import TensorFlow. TensorFlow 2.21 logs through absl before absl is initialised, so
-TF_CPP_MIN_LOG_LEVEL does not reach its first lines, and one `import tensorflow` prints two of them twice (its two shared libraries each say
-"oneDNN custom operations are on"). quiet_tensorflow sets TF_CPP_MIN_LOG_LEVEL=2 (errors only)
-unless it is set, and at that level runs the first import of TensorFlow, whenever and wherever it
-happens, with the process's standard error captured: the start-up lines of info and warning
-level are dropped, anything else is written back. Nothing is imported early, so a command that
-never needs TensorFlow never loads it.
+TF_CPP_MIN_LOG_LEVEL does not reach its first lines, and one `import tensorflow` prints two of
+them twice (its two shared libraries each say "oneDNN custom operations are on").
+quiet_tensorflow sets TF_CPP_MIN_LOG_LEVEL=2 (errors only) unless it is set, and at that level
+runs the first import of TensorFlow, whenever and wherever it happens, with the process's standard
+error captured: the start-up lines of info and warning level are dropped, anything else is
+written back. Nothing is imported early, so a command that never needs TensorFlow never loads it.
 """
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ def onednn_kernels() -> None:
 
 
 def prepare_tensorflow() -> None:
-    """oneDNN's kernels and a quiet start; a no-op for a process that never imports TensorFlow."""
+    """oneDNN's kernels and a quiet start; imports nothing, so a command that never needs
+    TensorFlow never loads it."""
     onednn_kernels()
     quiet_tensorflow()
