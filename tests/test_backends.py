@@ -5,7 +5,6 @@ TensorFlow (conftest), JAX and PyTorch run in subprocesses. The configuration is
 crops, narrow layers, the same EfficientNet-B0 backbone) because JAX compiles slowly on a CPU;
 XLA's CPU backend at optimisation level 0 compiles these programs several times faster.
 """
-import os
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import train
 from util.config import load_config
 from datasets.cache import Cache
 from tests.backend_probe import without_dropout
-from tests.conftest import write_tiny_cache, write_tiny_config
+from tests.conftest import backend_env, write_tiny_cache, write_tiny_config
 from systems import families, networks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,11 +29,6 @@ OTHER_BACKENDS = ("jax", "torch")
 # This process's TensorFlow reference step and predictions skip tracing (about 20 s): the numbers
 # are under test, and JAX and PyTorch are compared with TensorFlow's own ops.
 pytestmark = pytest.mark.usefixtures("eager")
-
-
-def backend_env(backend: str) -> dict:
-    return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_backend_optimization_level=0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 checkpoints saved with the stock layers load into the fast network and give the same outputs.
 fast_updates' optimizer update gives Keras's numbers bit for bit (the same probe process)."""
 import importlib.util
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from systems import een
 from util.config import load_config
 from systems import fast_layers
 from systems.fast_layers import depth_folding
+from tests.conftest import backend_env
 from tests.layer_probe import CASES, UPDATED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +28,8 @@ BACKENDS = [b for b in ("tensorflow", "jax", "torch")
 def probed(request, tmp_path_factory) -> tuple:
     """(backend, tests/layer_probe.py's results under it), from a process of its own."""
     backend, out = request.param, tmp_path_factory.mktemp("probe") / "results.npz"
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "tests.layer_probe", str(out)], cwd=ROOT, env=env,
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "tests.layer_probe", str(out)], cwd=ROOT,
+                   env=backend_env(backend), check=True, capture_output=True)
     return backend, dict(np.load(out))
 
 

@@ -3,7 +3,6 @@
 The memory it saves is measured by bench/network.py (full size); here a tiny configuration checks
 that the option changes neither the function nor the gradient, nor the weights' count.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from systems import een
-from tests.conftest import write_tiny_config
+from tests.conftest import backend_env, write_tiny_config
 from util.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +26,8 @@ def tiny_config(tmp_path_factory) -> Path:
 
 
 def probe(backend: str, config: Path, out: Path) -> dict:
-    env = {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_backend_optimization_level=0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-m", "tests.remat_probe", str(config), str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True)
+                          cwd=ROOT, env=backend_env(backend), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(np.load(out))
 
