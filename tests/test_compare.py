@@ -156,9 +156,12 @@ def test_the_een_row_trains_four_networks_on_a_quarter_of_the_budget_each(
     from tests.conftest import write_tiny_cache, write_tiny_config
 
     calls = []
-    monkeypatch.setattr(compare, "measured",
-                        lambda tool, argv, log: calls.append(in_process(tool, argv, log))
-                        or calls[-1])
+
+    def recorded(tool, argv, log):
+        calls.append(in_process(tool, argv, log))
+        return calls[-1]
+
+    monkeypatch.setattr(compare, "measured", recorded)
     config = write_tiny_config(tmp_path / "tiny.yaml", validation_fraction=0.0)
     paths = {"runs": tmp_path / "runs",
              "cache": write_tiny_cache(small_cache, tmp_path / "cache", 2, MODALITIES)}
