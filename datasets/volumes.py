@@ -80,14 +80,38 @@ def downsampled_shape(shape: tuple, factor: int) -> tuple:
 
 
 def upsample(volume: np.ndarray, factor: int, shape: tuple) -> np.ndarray:
-    """Inverse of block_mean for probabilities: linear interpolation back to `shape` (X, Y, Z)."""
+    """Inverse of block_mean for probabilities: (x, y, z, ...) -> `shape` (X, Y, Z, ...) by linear
+    interpolation, each block's value at its centre and repeated past the edges.
+
+    The function of scipy's ndimage.zoom(order=1, mode="nearest", grid_mode=True) cut to `shape`,
+    to within float32 rounding (1e-6), one axis at a time, Z first while the volume is smallest
+    (its gathers are the slowest): 0.1 s instead of 3.0 s for the three 80x80x52 maps of a BraTS
+    case (tests/test_predict.py, docs/test-durations.md)."""
     if factor == 1:
         return volume
-    from scipy import ndimage
+    if volume.dtype.kind != "f":
+        volume = volume.astype(np.float32)
+    for axis in (2, 1, 0):
+        volume = linear_along(volume, axis, factor, shape[axis])
+    return volume
 
-    zoom = (factor,) * 3 + (1,) * (volume.ndim - 3)
-    full = ndimage.zoom(volume, zoom, order=1, mode="nearest", grid_mode=True)
-    return full[: shape[0], : shape[1], : shape[2]]
+
+def linear_along(volume: np.ndarray, axis: int, factor: int, size: int) -> np.ndarray:
+    """`volume` interpolated along `axis` to `size` voxels of 1/factor of its own: voxel i of the
+    output lies at (i + 0.5) / factor - 0.5 of the input, between its neighbours low and low + 1
+    (clamped to the volume: the edge repeated)."""
+    centres = (np.arange(size) + 0.5) / factor - 0.5
+    low = np.floor(centres)
+    shape = [1] * volume.ndim
+    shape[axis] = size
+    weight = (centres - low).astype(np.float32).reshape(shape)
+    last = volume.shape[axis] - 1
+    below = np.take(volume, np.clip(low.astype(int), 0, last), axis=axis)
+    above = np.take(volume, np.clip(low.astype(int) + 1, 0, last), axis=axis)
+    above -= below
+    above *= weight
+    below += above
+    return below
 
 
 # ---- intensities and labels -------------------------------------------------------------------

@@ -20,6 +20,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # stall, 1 GiB of new arrays 9-20 s of system time instead of 0.3 s (docs/test-durations.md,
 # seventh round). Set before numpy is imported; the tests' child processes inherit it.
 os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+# ANTs (prepare.py's registrations) on one thread: the other worker holds the second core, and
+# ITK's two threads wait for each other at every iteration when one is descheduled (the real
+# patient's co-registration 24 s alone, 79 s beside a busy core, 45 s on one thread; its CPU time
+# 241 -> 165 s; docs/test-durations.md, twelfth round). ITK reads it once, at its first use.
+os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
 
 import pytest  # noqa: E402
 

@@ -132,6 +132,24 @@ def test_full_grid_puts_probabilities_back_where_they_came_from():
     assert points.min(0).tolist() == [54, 42, 36] and points.max(0).tolist() == [83, 71, 65]
 
 
+
+@pytest.mark.parametrize("factor, small, shape", [(3, (80, 80, 52, 3), (240, 240, 155)),
+                                                  (2, (7, 5, 4), (13, 10, 7)),
+                                                  (4, (9, 6, 5, 2), (33, 24, 20))])
+def test_upsampling_is_scipys_linear_zoom(factor, small, shape):
+    """volumes.upsample, axis by axis, is the function of ndimage.zoom (order 1, grid mode,
+    edges repeated) cut to the case's grid, to float32 rounding; a 0/1 volume included."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(factor)
+    for volume in (rng.random(small, dtype=np.float32), rng.random(small) > 0.5):
+        zoom = (factor,) * 3 + (1,) * (len(small) - 3)
+        expected = ndimage.zoom(volume.astype(np.float32), zoom, order=1, mode="nearest",
+                                grid_mode=True)[:shape[0], :shape[1], :shape[2]]
+        upsampled = volumes.upsample(volume, factor, shape)
+        assert upsampled.shape == expected.shape and upsampled.dtype == np.float32
+        np.testing.assert_allclose(upsampled, expected, rtol=0, atol=1e-6)
+
 # ---- the label coding of each edition ----------------------------------------------------------
 
 EDITIONS = {  # case id -> the coding its portal expects
