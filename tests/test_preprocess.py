@@ -24,6 +24,27 @@ def test_brain_crop_centres_on_the_brain_and_stays_inside():
     assert offsets == (0, 35, 16)
 
 
+
+def test_block_mean_is_numpys_mean_over_each_block():
+    """Bit for bit for an int16 image and 0/1 regions (exact sums), to float32 rounding for
+    floats; the grid padded with zeros up to a multiple of the factor."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 32767, (241, 239, 155), dtype=np.int16)
+    regions = rng.random((50, 47, 31, 3)) > 0.7
+    floats = rng.random((20, 19, 17), dtype=np.float32)
+    for volume, factor, exact in ((image, 3, True), (regions, 2, True), (floats, 3, False)):
+        pad = [(0, -n % factor) for n in volume.shape[:3]] + [(0, 0)] * (volume.ndim - 3)
+        padded = np.pad(volume.astype(np.float32), pad)
+        blocks = padded.reshape(padded.shape[0] // factor, factor, padded.shape[1] // factor,
+                                factor, padded.shape[2] // factor, factor, *padded.shape[3:])
+        expected = blocks.mean(axis=(1, 3, 5), dtype=np.float32)
+        means = volumes.block_mean(volume, factor)
+        assert means.dtype == np.float32 and means.shape == expected.shape
+        if exact:
+            np.testing.assert_array_equal(means, expected)
+        else:
+            np.testing.assert_allclose(means, expected, rtol=1e-6)
+
 def test_crop_uncrop_round_trip_with_padding():
     volume = np.arange(10 * 8 * 6, dtype=np.float32).reshape(10, 8, 6)
     for size in ((6, 4, 4), (12, 8, 9)):
