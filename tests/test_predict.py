@@ -132,7 +132,6 @@ def test_full_grid_puts_probabilities_back_where_they_came_from():
     assert points.min(0).tolist() == [54, 42, 36] and points.max(0).tolist() == [83, 71, 65]
 
 
-
 @pytest.mark.parametrize("factor, small, shape", [(3, (80, 80, 52, 3), (240, 240, 155)),
                                                   (2, (7, 5, 4), (13, 10, 7)),
                                                   (4, (9, 6, 5, 2), (33, 24, 20))])
@@ -149,6 +148,7 @@ def test_upsampling_is_scipys_linear_zoom(factor, small, shape):
         upsampled = volumes.upsample(volume, factor, shape)
         assert upsampled.shape == expected.shape and upsampled.dtype == np.float32
         np.testing.assert_allclose(upsampled, expected, rtol=0, atol=1e-6)
+
 
 # ---- the label coding of each edition ----------------------------------------------------------
 

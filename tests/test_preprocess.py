@@ -24,7 +24,6 @@ def test_brain_crop_centres_on_the_brain_and_stays_inside():
     assert offsets == (0, 35, 16)
 
 
-
 def test_block_mean_is_numpys_mean_over_each_block():
     """Bit for bit for an int16 image and 0/1 regions (exact sums), to float32 rounding for
     floats; the grid padded with zeros up to a multiple of the factor."""
@@ -44,6 +43,7 @@ def test_block_mean_is_numpys_mean_over_each_block():
             np.testing.assert_array_equal(means, expected)
         else:
             np.testing.assert_allclose(means, expected, rtol=1e-6)
+
 
 def test_crop_uncrop_round_trip_with_padding():
     volume = np.arange(10 * 8 * 6, dtype=np.float32).reshape(10, 8, 6)
