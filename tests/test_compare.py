@@ -2,7 +2,8 @@
 whose rate a range test chooses, and under make test-full the EEN ensemble; the peers nnU-Net v2
 and MONAI's SegResNet: tests/test_compare_peers.py, a worker group of their own), a rerun that
 trains nothing again, the note column, one-line refusals, and train.py's --max-minutes time
-budget. make test checks the EEN row's training on the tiny configuration, in this process
+budget (on the tiny configuration). make test checks the EEN row's training on the tiny
+configuration, in this process
 (test_the_een_row_trains_four_networks_on_a_quarter_of_the_budget_each)."""
 import csv
 import json
@@ -192,16 +193,20 @@ def test_bad_output_and_unknown_system_are_one_line(tmp_path, capsys):
                      + ", ".join(compare.SYSTEMS) + ")")
 
 
-def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path,
-                                                                 quick_comparison_data):
-    out = tmp_path / "run"
-    assert train.main(["--config", "configs/bennaceur2020_small.yaml", "--data",
-                       str(quick_comparison_data / "cache"), "--out", str(out), "--epochs", "3",
-                       "--max-minutes", "0.0001", "--verbose", "0"]) == 0
-    assert json.loads((out / "bennaceur2020" / "state.json").read_text())["epochs_done"] == 1
-    with open(out / "bennaceur2020" / "history.csv", newline="") as handle:
+def test_train_max_minutes_stops_after_the_epoch_past_the_budget(tmp_path, small_cache):
+    """train.py's --max-minutes, which every row's training gets: the budget is checked after
+    each epoch. The tiny configuration, eager steps (the budget is under test, not the steps)."""
+    from tests.conftest import steps_run_eagerly, write_tiny_cache, write_tiny_config
+
+    config = write_tiny_config(tmp_path / "tiny.yaml", validation_fraction=0.0)
+    cache, out = write_tiny_cache(small_cache, tmp_path / "cache", 2), tmp_path / "run"
+    with steps_run_eagerly(True):
+        assert train.main(["--config", str(config), "--data", str(cache), "--out", str(out),
+                           "--epochs", "3", "--max-minutes", "0.0001", "--verbose", "0"]) == 0
+    assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
+    with open(out / "flair" / "history.csv", newline="") as handle:
         (row,) = list(csv.DictReader(handle))
-    assert int(float(row["steps"])) > 0
+    assert int(float(row["steps"])) == 2
     assert 0 < float(row["train_seconds"]) <= float(row["epoch_seconds"])
 
 
