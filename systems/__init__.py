@@ -9,11 +9,13 @@
     common.py          what the baselines share: raw intensities, per-slice normalisation
     fast_layers.py     the EEN's GroupNorm and depth-strided Conv3D (same function, faster)
     fast_updates.py    Keras's Nadam and Adam updating all variables at once (same numbers)
+    fast_initializers.py  Keras's JAX initial weights from a few compiled programs (same numbers)
     networks.py        a run's trained networks, found and loaded for prediction
 
 Every baseline module offers the functions families.py gathers into a Family: build, loss,
 metrics, optimizer, callbacks, prepare_case, examples, predict_case, postprocess.
 
 May import brats/, util/, datasets/, scoring/ and losses.py (the EEN's loss); never a command.
-een.py imports fast_layers.py and baselines.py only, so no import runs in a circle.
+een.py imports fast_layers.py, fast_initializers.py and baselines.py only, so no import runs in
+a circle.
 """

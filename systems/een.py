@@ -28,8 +28,10 @@ from keras import layers, ops
 
 from util.config import Config, ConfigError
 from systems.baselines import baseline_module
-from systems import fast_layers
+from systems import fast_initializers, fast_layers
 from systems.fast_layers import GroupNorm
+
+fast_initializers.install()  # on JAX: Keras's initial weights from a few compiled programs
 
 
 class Backbone(NamedTuple):

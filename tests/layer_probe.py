@@ -10,7 +10,9 @@ sum(output * cotangent) with respect to the input and to every weight, named
 from the same weights takes three compiled training steps with Keras's update and with
 fast_updates.at_once's: "update/<optimizer>/<stock|fast>/<i>" every variable of network and
 optimizer after them, "update/<optimizer>/joined" the calls of fast_updates.joined (3 a trace),
-"update/initial/<i>" the network's weights before them.
+"update/initial/<i>" the network's weights before them. For each draw of `drawn`,
+"initializers/<draw>/<keras|fast>" Keras's own draw and the one fast_initializers.install() left
+in its place, with the same seed, and "initializers/installed" whether install() replaced any.
 """
 import sys
 from pathlib import Path
@@ -138,6 +140,43 @@ def update_results(rng) -> dict:
     return results
 
 
+# Shapes of every kind: one element, a power of two, odd sizes, EfficientNet-B0's largest kernel.
+SHAPES = [(1,), (1, 1, 32, 8), (3, 3, 3, 1, 8), (3, 3, 16, 1), (7, 11, 13), (1280, 320)]
+
+
+def drawn(random, initializers) -> dict:
+    """name -> array: each backend random function and Keras initializer (VarianceScaling with
+    a truncated normal, GlorotUniform) on SHAPES, the same integer seed every time."""
+    import keras
+
+    draws = {}
+    for shape in SHAPES:
+        label = "x".join(map(str, shape))
+        draws[f"truncated_normal/{label}"] = random.truncated_normal(shape, 0.5, 0.02, seed=3)
+        draws[f"uniform/{label}"] = random.uniform(shape, -0.3, 0.7, seed=3)
+        draws[f"variance_scaling/{label}"] = initializers.VarianceScaling(
+            2.0, "fan_out", "truncated_normal", seed=5)(shape)
+        draws[f"glorot_uniform/{label}"] = initializers.GlorotUniform(seed=5)(shape)
+    return {k: keras.ops.convert_to_numpy(v) for k, v in draws.items()}
+
+
+def initializer_results() -> dict:
+    """`drawn`'s "initializers/..." entries (the module docstring)."""
+    import keras
+    from keras.src.backend import random
+
+    from systems import fast_initializers
+
+    own = {name: getattr(random, name) for name in fast_initializers.PATCHED}
+    results = {f"initializers/{k}/keras": v for k, v in drawn(random, keras.initializers).items()}
+    fast_initializers.install()
+    results.update({f"initializers/{k}/fast": v
+                    for k, v in drawn(random, keras.initializers).items()})
+    replaced = [getattr(random, name) is not own[name] for name in fast_initializers.PATCHED]
+    results["initializers/installed"] = np.array(any(replaced))
+    return results
+
+
 def main(argv: list) -> int:
     rng = np.random.default_rng(0)
     results = {}
@@ -157,6 +196,7 @@ def main(argv: list) -> int:
             for i, grad in enumerate(weight_grads):
                 results[f"{name}/{label}/weight_grad_{i}"] = grad
     results.update(update_results(rng))
+    results.update(initializer_results())
     np.savez(argv[0], **results)
     return 0
 

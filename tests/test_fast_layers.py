@@ -197,3 +197,17 @@ def test_under_a_distribution_strategy_keras_updates_each_mirrored_variable(monk
 
     assert trained_calls(tf.distribute.MirroredStrategy(["/cpu:0"])) == 0
     assert trained_calls(tf.distribute.get_strategy()) == 3  # the default strategy: joined
+
+
+def test_initial_weights_on_jax_are_kerass_draws_bit_for_bit(probed):
+    """fast_initializers' draws (cut from a longer draw) equal Keras's own for every shape, seed
+    and initializer kind probed; only JAX's functions are replaced."""
+    backend, results = probed
+    assert bool(results["initializers/installed"]) == (backend == "jax")
+    keras_draws = sorted(k for k in results if k.startswith("initializers/") and k.endswith("/keras"))
+    assert len(keras_draws) == 4 * 6
+    for key in keras_draws:
+        fast = results[key.replace("/keras", "/fast")]
+        assert fast.dtype == results[key].dtype == np.float32, key
+        np.testing.assert_array_equal(fast, results[key], err_msg=key)
+    assert results["initializers/uniform/1280x320/keras"].std() > 0.1
