@@ -48,7 +48,8 @@ SHARED_WORKER = {
 }
 
 
-# Files whose parametrized tests are groups of their own (each overfit family on its own worker).
+# Files whose parametrized tests are groups of their own (each overfit family on its own worker;
+# the test of Kermi's overfit network through predict.py is parametrized to join Kermi's group).
 SPLIT_BY_PARAMETER = {"test_overfit.py"}
 # Seconds of each group (worker-seconds, the quiet 2-core machine, docs/test-durations.md), so that
 # the longest start first: the scheduler hands out groups in collection order, and a long group
@@ -60,7 +61,7 @@ GROUP_SECONDS = {
     "test_predict.py": 114, "test_compare_peers.py": 108, "test_baselines_pipeline.py": 92,
     "test_container.py": 76, "test_remat.py": 75, "trained_run_writers": 66,
     "test_fast_layers.py": 54, "test_bench_inference.py": 52, "test_brats.py": 47,
-    "test_overfit.py": 46, "test_notebooks.py": 42, "test_overfit.py[kermi2018]": 41,
+    "test_overfit.py[kermi2018]": 55, "test_notebooks.py": 42,
     "test_overfit.py[een]": 35, "test_synthetic.py": 32, "test_real_files.py": 29,
     "test_overfit.py[unet3d_patches]": 28,
     "test_overfit.py[bennaceur2020]": 27,

@@ -101,9 +101,10 @@ def region_dice(truth: np.ndarray, labels: np.ndarray) -> dict:
     return {r: dice(truth[..., i], predicted[..., i]) for i, r in enumerate(("WT", "TC", "ET"))}
 
 
-@pytest.mark.parametrize("name", list(RUNS))
-def test_family_overfits_one_case(small_cache, name):
-    path, rate, batch, epochs = RUNS[name]
+def prepared(name: str, small_cache) -> tuple:
+    """(config, case id, x, y, the family's network compiled with RUNS' Adam rate) for the
+    overfit of `name` on small_cache's tumour case, seed 0."""
+    path, rate, _, _ = RUNS[name]
     config = load_config(path)
     cache = Cache(small_cache)
     case_id = tumour_case(cache)
@@ -119,6 +120,20 @@ def test_family_overfits_one_case(small_cache, name):
     network = family.build(config)
     network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
     families.ready_to_train(network)
+    return config, case_id, x, y, network
+
+
+@pytest.fixture(scope="module")
+def overfit_runs() -> dict:
+    """name -> (config, case id, x, y, network, epochs trained) of each overfit this worker ran,
+    for test_an_overfit_case_through_predict_py (Kermi's, in Kermi's worker group)."""
+    return {}
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_family_overfits_one_case(small_cache, overfit_runs, name):
+    _, _, batch, epochs = RUNS[name]
+    config, case_id, x, y, network = prepared(name, small_cache)
 
     def labels_of(model) -> np.ndarray:
         outputs = np.asarray(model.predict(x, batch_size=batch, verbose=0), np.float32)
@@ -134,6 +149,7 @@ def test_family_overfits_one_case(small_cache, name):
             np.concatenate([targets] * every), -(-epochs // every), 1
     history = network.fit(inputs, targets, batch_size=batch, epochs=epochs, verbose=0,
                           shuffle=inputs is x, callbacks=[StopAtTheBar(passes, every)])
+    overfit_runs[name] = (config, case_id, x, y, network, len(history.history["loss"]))
     labels = labels_of(network)
     score = dice(y[..., 0] > 0, labels > 0)
     losses, steps = history.history["loss"], len(history.history["loss"]) * -(-len(inputs) // batch)
@@ -144,10 +160,13 @@ def test_family_overfits_one_case(small_cache, name):
         f"{name}: training Dice {', '.join(f'{r} {v:.3f}' for r, v in scores.items())}"
 
 
-def test_an_overfit_case_through_predict_py(small_cache, tmp_path):
-    """Kermi's network overfit on one case, saved as a run, then predict.py on that case's files:
-    whole-grid slices, back on the 1 mm grid, labels in the edition's coding, read by evaluate's
-    rules. A wrong region, label or orientation anywhere on that path loses the regions."""
+@pytest.mark.parametrize("name", ["kermi2018"])  # in Kermi's worker group, after its overfit
+def test_an_overfit_case_through_predict_py(small_cache, overfit_runs, tmp_path, name):
+    """Kermi's network overfit on one case (RUNS' whole budget: test_family_overfits_one_case's
+    network, trained on from where its bar stopped it), saved as a run, then predict.py on that
+    case's files: whole-grid slices, back on the 1 mm grid, labels in the edition's coding, read
+    by evaluate's rules. A wrong region, label or orientation anywhere on that path loses the
+    regions."""
     import json
     import shutil
 
@@ -157,23 +176,16 @@ def test_an_overfit_case_through_predict_py(small_cache, tmp_path):
     from brats.cases import find_cases, load_case
     from util.config import save_config
 
-    path, rate, batch, epochs = RUNS["kermi2018"]
-    config = load_config(path)
-    cache = Cache(small_cache)
-    case_id = tumour_case(cache)
-    keras.utils.set_random_seed(0)
-    family = families.family_of(config)
-    inputs, regions = family.prepare_case(cache, case_id, MODALITIES, config)
-    x, y = family.examples(inputs, regions, config, np.random.default_rng(0), augment=False)
-    network = family.build(config)
-    network.compile(optimizer=keras.optimizers.Adam(rate), loss=family.loss(config))
-    families.ready_to_train(network)
-    network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, verbose=0)
+    _, _, batch, epochs = RUNS[name]
+    config, case_id, x, y, network, done = overfit_runs.get(name) or (
+        *prepared(name, small_cache), 0)
+    network.fit(x, y.astype(np.float32), batch_size=batch, epochs=epochs, initial_epoch=done,
+                verbose=0)
     run = tmp_path / "run"
-    (run / "kermi2018").mkdir(parents=True)
+    (run / name).mkdir(parents=True)
     save_config(config, run / "config.yaml")
-    (run / "kermi2018" / "network.json").write_text(json.dumps({"modalities": list(MODALITIES)}))
-    network.save_weights(run / "kermi2018" / "best.weights.h5")
+    (run / name / "network.json").write_text(json.dumps({"modalities": list(MODALITIES)}))
+    network.save_weights(run / name / "best.weights.h5")
     [files] = [f for f in find_cases(small_cache.parent / "raw") if f.id == case_id]
     shutil.copytree(files.images["flair"].parent, tmp_path / "input" / case_id)
     assert predict.main(["--run", str(run), "--input", str(tmp_path / "input"),
