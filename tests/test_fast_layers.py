@@ -1,6 +1,7 @@
 """fast_layers computes the stock layers' function with their weights, on every installed backend;
 checkpoints saved with the stock layers load into the fast network and give the same outputs.
-fast_updates' optimizer update gives Keras's numbers bit for bit (the same probe process)."""
+fast_updates' optimizer update gives Keras's numbers bit for bit, and fast_initializers' JAX
+initial weights Keras's draws bit for bit (the same probe process)."""
 import importlib.util
 import re
 import subprocess
@@ -199,7 +200,7 @@ def test_under_a_distribution_strategy_keras_updates_each_mirrored_variable(monk
     assert trained_calls(tf.distribute.get_strategy()) == 3  # the default strategy: joined
 
 
-def test_initial_weights_on_jax_are_kerass_draws_bit_for_bit(probed):
+def test_initial_weights_on_jax_are_keras_own_draws_bit_for_bit(probed):
     """fast_initializers' draws (cut from a longer draw) equal Keras's own for every shape, seed
     and initializer kind probed; only JAX's functions are replaced."""
     backend, results = probed
