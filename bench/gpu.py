@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the project's packages and commands, for a script run as bench/NAME.py
 
 from harness import compiled_for_training, device_name, peak_gb, run_row, training_batch  # noqa: E402
+from util.devices import XLA_CPU_QUICK_COMPILE  # noqa: E402
 
 NHWC = "--xla_gpu_force_conv_nhwc=true"
 # key: (backend, precision, kernels, XLA flags, task)
@@ -200,8 +201,8 @@ def worker(args) -> dict:
 def run(key: str, args, config: str, lock: str) -> dict:
     backend, precision, kernels, flags, task = ROWS[key]
     env = {"KERAS_BACKEND": backend, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-    if args.dry:  # XLA's CPU backend compiles several times faster unoptimised
-        flags = f"{flags} --xla_backend_optimization_level=0".strip()
+    if args.dry:  # XLA on the CPU, compiling quickly
+        flags = f"{flags} {XLA_CPU_QUICK_COMPILE}".strip()
         env["JAX_PLATFORMS"] = "cpu"
     if flags:
         env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()

@@ -24,6 +24,12 @@ import os
 from typing import Callable
 
 BACKENDS = ("tensorflow", "jax", "torch")
+# XLA on the CPU for short runs whose speed is not measured (the tests' JAX processes, the GPU
+# bench's dry run): unoptimised code (a small program compiles in 0.26 s against 2.5 s) from the
+# legacy loop emitters (the tiny EEN's training step: 15 -> 11 s of compiling, 47 -> 39 s of CPU
+# for a whole train.py run; docs/test-durations.md, fourteenth round). Same operations, same
+# weights; only the rounding of fused loops may differ.
+XLA_CPU_QUICK_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 class PlacementError(ValueError):
