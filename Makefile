@@ -14,7 +14,7 @@ runtime: $(VENV)/.runtime
 setup: $(VENV)/.installed
 
 # uv (requirements-setup.txt) installs the packages: it unpacks and byte-compiles them on every
-# core, pip on one (make setup from a clean clone: 108 -> 60 s on 2 cores; docs/test-durations.md,
+# core, pip on one (make setup from a clean clone: 108 -> 67 s on 2 cores; docs/test-durations.md,
 # fourteenth round). uv reads neither pip.conf nor PIP_*: the package sources pip is configured
 # with are handed on (PIP_SOURCES), and every source is searched for the best match, as pip does.
 PIP_GET = $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null)
