@@ -25,6 +25,10 @@ os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
 # patient's co-registration 24 s alone, 79 s beside a busy core, 45 s on one thread; its CPU time
 # 241 -> 165 s; docs/test-durations.md, twelfth round). ITK reads it once, at its first use.
 os.environ.setdefault("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "1")
+# PyTorch's OpenMP threads (HD-BET, nnU-Net, SegResNet, the torch probes) sleep when idle instead of
+# spinning for the core that the other worker holds: the peers' quick rows beside a busy core,
+# 91.1 -> 72.5 s of their processes' CPU (docs/test-durations.md, fourteenth round).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
