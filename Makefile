@@ -18,9 +18,11 @@ setup: $(VENV)/.installed
 # fourteenth round). uv reads neither pip.conf nor PIP_*: the package sources pip is configured
 # with are handed on (PIP_SOURCES), and every source is searched for the best match, as pip does.
 PIP_GET = $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null)
-PIP_SOURCES = $(addprefix --index-url=,$(firstword $(PIP_INDEX_URL) $(call PIP_GET,index-url))) \
+PIP_SOURCES_ASKED = $(addprefix --index-url=,$(firstword $(PIP_INDEX_URL) $(call PIP_GET,index-url))) \
 	$(addprefix --extra-index-url=,$(PIP_EXTRA_INDEX_URL) $(call PIP_GET,extra-index-url)) \
 	$(addprefix --find-links=,$(PIP_FIND_LINKS) $(call PIP_GET,find-links))
+# asked of pip once, where first used (each question costs half a second)
+PIP_SOURCES = $(eval PIP_SOURCES := $(PIP_SOURCES_ASKED))$(PIP_SOURCES)
 INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) --compile-bytecode \
 	--index-strategy unsafe-best-match $(PIP_SOURCES)
 

@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 import synthetic  # noqa: E402
+from util.devices import XLA_CPU_QUICK_COMPILE  # noqa: E402
 from util.tensorflow_start import onednn_kernels  # noqa: E402
 
 # oneDNN's kernels on every x86 CPU, as the commands run them: set before a test file imports
@@ -104,8 +105,6 @@ def pytest_xdist_make_scheduler(config, log):
 def backend_env(backend: str) -> dict:
     """The environment of a child process on another Keras backend, on the CPU, XLA compiling
     quickly (devices.XLA_CPU_QUICK_COMPILE)."""
-    from util.devices import XLA_CPU_QUICK_COMPILE
-
     return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": XLA_CPU_QUICK_COMPILE, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
