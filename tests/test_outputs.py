@@ -23,10 +23,9 @@ import preprocess
 import synthetic
 import train
 from brats.cases import find_cases
-from tests.conftest import SEED
+from tests.conftest import SEED, write_tiny_cache, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ROOT / "configs" / "small.yaml"
 NO_SPACE = "cannot write: No space left on device"
 REAL_OPEN = builtins.open
 
@@ -212,8 +211,18 @@ def test_preprocess_full_disk_then_the_rerun_equals_an_undisturbed_run(tmp_path,
     assert_same_files(out, cache_dir)
 
 
-def train_args(cache: Path, out: Path, *extra) -> list:
-    return ["--config", SMALL, "--data", cache, "--out", out, "--verbose", "0", *extra]
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, small3_cache) -> tuple:
+    """(conftest's tiny configuration, small3_cache's three cases cut to it): the files under
+    test are the same at any size, and an eager step of the tiny network is a quarter of the
+    small one's."""
+    folder = tmp_path_factory.mktemp("tiny_config")
+    return (write_tiny_config(folder / "tiny.yaml"),
+            write_tiny_cache(small3_cache, folder / "cache", 3))
+
+
+def train_args(config: Path, cache: Path, out: Path, *extra) -> list:
+    return ["--config", config, "--data", cache, "--out", out, "--verbose", "0", *extra]
 
 
 def run_train(*args) -> int:
@@ -221,30 +230,29 @@ def run_train(*args) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, small3_cache, eager):
-    """The FLAIR network of configs/small.yaml after one epoch (2 steps) on small3_cache."""
+def tiny_run(tmp_path_factory, tiny, eager):
+    """The FLAIR network of the tiny configuration after one epoch (2 steps) on its 3 cases."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    assert run_train(small3_cache, out, "--epochs", "1") == 0
+    assert run_train(*tiny, out, "--epochs", "1") == 0
     return out
 
 
 def test_train_full_disk_keeps_the_last_checkpoint_and_resume_equals_undisturbed(
-        tmp_path, blocker, small3_cache, tiny_run, capsys):
-    cache = small3_cache
-    line, _ = fails(capsys, train.main, *train_args(cache, blocker / "run"))
+        tmp_path, blocker, tiny, tiny_run, capsys):
+    line, _ = fails(capsys, train.main, *train_args(*tiny, blocker / "run"))
     assert line == under_a_file(blocker, "run")
     reference, out = tmp_path / "reference", tmp_path / "run"
     shutil.copytree(tiny_run, reference)
     shutil.copytree(tiny_run, out)
-    assert run_train(cache, reference, "--epochs", "2", "--resume") == 0  # undisturbed
+    assert run_train(*tiny, reference, "--epochs", "2", "--resume") == 0  # undisturbed
     checkpoint = ("state.json", "last.keras", "best.weights.h5")
     epoch_1 = {name: (out / "flair" / name).read_bytes() for name in checkpoint}
     with full_disk(out, free=len(epoch_1["last.keras"]) // 2):  # fills up in epoch 2's last.keras
-        line, _ = fails(capsys, train.main, *train_args(cache, out, "--epochs", "2", "--resume"))
+        line, _ = fails(capsys, train.main, *train_args(*tiny, out, "--epochs", "2", "--resume"))
     assert line == f"error: {out / 'flair' / 'last.keras'}: {NO_SPACE}"
     assert {name: (out / "flair" / name).read_bytes() for name in checkpoint} == epoch_1
     assert no_temporaries(out)
-    assert run_train(cache, out, "--epochs", "2", "--resume") == 0
+    assert run_train(*tiny, out, "--epochs", "2", "--resume") == 0
     for name in ("state.json", "history.csv"):
         assert (out / "flair" / name).read_text() == (reference / "flair" / name).read_text()
     resumed, undisturbed = (keras.saving.load_model(run / "flair" / "last.keras")

@@ -1,7 +1,8 @@
 """A run's life under train.py: resume, repair, a NaN stop, two replicas, four modalities, and
-two trainers of one network. The runs train the small config on small3_cache (two steps an
-epoch; the two-replica run on small_cache), eagerly in this process: what is under test is how a
-run goes on, not what it learns or how fast (tests/test_train.py)."""
+two trainers of one network. The runs train conftest's tiny configuration on small3_cache's three
+cases cut to 32x32x12 (two steps an epoch; the four-modality run the small configuration on
+small3_cache, the two-replica run the tiny one on small_cache), eagerly in this process: what is
+under test is how a run goes on, not what it learns or how fast (tests/test_train.py)."""
 import json
 import os
 import shutil
@@ -31,32 +32,28 @@ pytestmark = pytest.mark.usefixtures("eager")
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, small3_cache):
-    """A run of one epoch (2 steps) with the paper's plateau schedule at patience 1, to resume
-    from."""
-    import yaml
-
+    """(a run of one epoch, its configuration, its cache): conftest's tiny configuration with the
+    paper's plateau schedule at patience 1, on small3_cache's three cases cut to 32x32x12 (two
+    steps an epoch), to resume from."""
     root = tmp_path_factory.mktemp("resume")
-    config = root / "patience1.yaml"
-    values = yaml.safe_load((ROOT / "configs" / "small.yaml").read_text())
-    values["train"].update(schedule="plateau", learning_rate=3e-4, plateau_patience=1)
-    config.write_text(yaml.safe_dump(values))
-    assert run_train("--data", small3_cache, "--out", root / "run", "--epochs", "1",
-                     config=config) == 0
-    return root / "run", config
+    config = write_tiny_config(root / "patience1.yaml", schedule="plateau", learning_rate=3e-4,
+                               plateau_patience=1)
+    cache = write_tiny_cache(small3_cache, root / "cache", 3)
+    assert run_train("--data", cache, "--out", root / "run", "--epochs", "1", config=config) == 0
+    return root / "run", config, cache
 
 
-def test_resume_continues_with_optimizer_state_and_plateau_counter(tmp_path, small3_cache,
-                                                                   one_epoch_run):
-    source, config = one_epoch_run
+def test_resume_continues_with_optimizer_state_and_plateau_counter(tmp_path, one_epoch_run):
+    source, config, cache = one_epoch_run
     out = tmp_path / "run"
     shutil.copytree(source, out)
     state = json.loads((out / "flair" / "state.json").read_text())
     assert state["epochs_done"] == 1 and state["learning_rate"] == pytest.approx(3e-4)
     with pytest.raises(SystemExit, match="2"):  # a trained network is not overwritten silently
-        run_train("--data", small3_cache, "--out", out, "--epochs", "2", config=config)
+        run_train("--data", cache, "--out", out, "--epochs", "2", config=config)
     state.update(plateau_wait=1, plateau_best=-10.0)  # as if epoch 1 had not improved the loss
     (out / "flair" / "state.json").write_text(json.dumps(state))
-    assert run_train("--data", small3_cache, "--out", out, "--epochs", "2", "--resume",
+    assert run_train("--data", cache, "--out", out, "--epochs", "2", "--resume",
                      config=config) == 0
     state = json.loads((out / "flair" / "state.json").read_text())
     assert state["epochs_done"] == 2
@@ -66,12 +63,11 @@ def test_resume_continues_with_optimizer_state_and_plateau_counter(tmp_path, sma
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2 * 2
 
 
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, small3_cache, one_epoch_run,
-                                                          capsys):
-    source, config = one_epoch_run
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, one_epoch_run, capsys):
+    source, config, tiny_cache = one_epoch_run
     out, cache = tmp_path / "run", tmp_path / "cache"
     shutil.copytree(source, out)
-    shutil.copytree(small3_cache, cache)
+    shutil.copytree(tiny_cache, cache)
     good = (out / "flair" / "last.keras").read_bytes()
     for case_id in json.loads((out / "split.json").read_text())["train"]:
         flair = np.load(cache / case_id / "flair.npy")
@@ -116,9 +112,8 @@ def test_multimodal_network_reads_four_channels(tmp_path, small3_cache):
 
 # ---- a damaged run folder: one line and what to do; two trainers of one network ----------------
 
-def test_resume_refuses_each_damaged_or_foreign_file_in_one_line(tmp_path, small3_cache,
-                                                                 one_epoch_run, capsys):
-    source, config = one_epoch_run
+def test_resume_refuses_each_damaged_or_foreign_file_in_one_line(tmp_path, one_epoch_run, capsys):
+    source, config, cache = one_epoch_run
 
     def damage(edit) -> Path:
         out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
@@ -127,7 +122,7 @@ def test_resume_refuses_each_damaged_or_foreign_file_in_one_line(tmp_path, small
         return out
 
     def resumed(out, *extra) -> str:
-        return expect_error(capsys, "--config", config, "--data", small3_cache, "--out", out,
+        return expect_error(capsys, "--config", config, "--data", cache, "--out", out,
                             "--epochs", "2", "--resume", *extra)
 
     def other_training(out):  # state.json and history.csv of a longer training than last.keras
@@ -173,7 +168,7 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
     (Without training an epoch: the steps of train_network that --repair changes.)"""
     from util.config import load_config
 
-    source, config_file = one_epoch_run
+    source, config_file, _ = one_epoch_run
     folder = linked_copy(source, tmp_path / "run") / "flair"
     cut(folder / "last.keras")
     cut(folder / "history.csv")
@@ -199,17 +194,17 @@ def test_repair_continues_from_best_weights_and_a_new_history(tmp_path, one_epoc
 
 
 def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alone(
-        tmp_path, small3_cache, one_epoch_run):
+        tmp_path, one_epoch_run):
     """The first trainer takes over a stale lock (a process that has ended), the second refuses
     in one line naming the first, which ends with the result of one_epoch_run's training alone."""
-    source, config = one_epoch_run
+    source, config, cache = one_epoch_run
     out = tmp_path / "run"
     (out / "flair").mkdir(parents=True)
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True).stdout.strip()
     (out / "flair" / "train.lock").write_text(json.dumps(
         {"host": __import__("socket").gethostname(), "pid": int(ended), "started": "earlier"}))
-    command = [sys.executable, *EAGERLY, "--config", str(config), "--data", str(small3_cache),
+    command = [sys.executable, *EAGERLY, "--config", str(config), "--data", str(cache),
                "--out", str(out), "--epochs", "1", "--verbose", "0"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -242,17 +237,16 @@ def test_a_second_trainer_of_the_network_refuses_while_the_first_finishes_as_alo
     assert json.loads((out / "flair" / "state.json").read_text())["epochs_done"] == 1
 
 
-def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, small3_cache, one_epoch_run,
-                                                    capsys):
+def test_a_refused_trainer_writes_nothing_in_the_run(tmp_path, one_epoch_run, capsys):
     """The lock comes before any write: a second trainer with another --epochs (config.yaml) and
     --repair (split.json) is refused and leaves the running run's files byte for byte."""
-    source, config = one_epoch_run
+    source, config, cache = one_epoch_run
     out = linked_copy(source, tmp_path / "run")
     (out / "split.json").write_text("{")  # damaged: --repair would write it again
     before = {name: (out / name).read_bytes() for name in ("config.yaml", "split.json")}
     with train.TrainingLock(out / "flair"):  # the running trainer
         with pytest.raises(SystemExit) as stop:
-            run_train("--data", small3_cache, "--out", out, "--epochs", "7", "--resume", "--repair",
+            run_train("--data", cache, "--out", out, "--epochs", "7", "--resume", "--repair",
                       config=config)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert stop.value.code == 2 and len(errors) == 1 and "being trained by process" in errors[0]
