@@ -255,6 +255,14 @@ def eager():
 
 
 @pytest.fixture(scope="session")
+def tiny3_cache(tmp_path_factory, small3_cache):
+    """small3_cache's three cases cut to the tiny configuration's 32x32x12 (write_tiny_cache): two
+    steps an epoch, for the tests of how a run's files are written, refused and resumed."""
+    return built_once(tmp_path_factory, "tiny3",
+                      lambda out: write_tiny_cache(small3_cache, out / "cache", 3)) / "cache"
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_cache):
     """The learning check's run: the FLAIR network of the small config, 13 cases, 8 epochs;
     traced, as users train, whichever module first asks for it."""

@@ -23,7 +23,7 @@ import preprocess
 import synthetic
 import train
 from brats.cases import find_cases
-from tests.conftest import SEED, write_tiny_cache, write_tiny_config
+from tests.conftest import SEED, write_tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SPACE = "cannot write: No space left on device"
@@ -212,13 +212,10 @@ def test_preprocess_full_disk_then_the_rerun_equals_an_undisturbed_run(tmp_path,
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small3_cache) -> tuple:
-    """(conftest's tiny configuration, small3_cache's three cases cut to it): the files under
-    test are the same at any size, and an eager step of the tiny network is a quarter of the
-    small one's."""
-    folder = tmp_path_factory.mktemp("tiny_config")
-    return (write_tiny_config(folder / "tiny.yaml"),
-            write_tiny_cache(small3_cache, folder / "cache", 3))
+def tiny(tmp_path_factory, tiny3_cache) -> tuple:
+    """(conftest's tiny configuration, its three cases): the files under test are the same at any
+    size, and an eager step of the tiny network is a quarter of the small one's."""
+    return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yaml"), tiny3_cache
 
 
 def train_args(config: Path, cache: Path, out: Path, *extra) -> list:

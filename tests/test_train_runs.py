@@ -31,16 +31,16 @@ pytestmark = pytest.mark.usefixtures("eager")
 
 
 @pytest.fixture(scope="module")
-def one_epoch_run(tmp_path_factory, small3_cache):
+def one_epoch_run(tmp_path_factory, tiny3_cache):
     """(a run of one epoch, its configuration, its cache): conftest's tiny configuration with the
-    paper's plateau schedule at patience 1, on small3_cache's three cases cut to 32x32x12 (two
-    steps an epoch), to resume from."""
+    paper's plateau schedule at patience 1, on tiny3_cache (two steps an epoch), to resume
+    from."""
     root = tmp_path_factory.mktemp("resume")
     config = write_tiny_config(root / "patience1.yaml", schedule="plateau", learning_rate=3e-4,
                                plateau_patience=1)
-    cache = write_tiny_cache(small3_cache, root / "cache", 3)
-    assert run_train("--data", cache, "--out", root / "run", "--epochs", "1", config=config) == 0
-    return root / "run", config, cache
+    assert run_train("--data", tiny3_cache, "--out", root / "run", "--epochs", "1",
+                     config=config) == 0
+    return root / "run", config, tiny3_cache
 
 
 def test_resume_continues_with_optimizer_state_and_plateau_counter(tmp_path, one_epoch_run):
