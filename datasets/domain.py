@@ -73,6 +73,17 @@ def smooth_field(rng: np.random.Generator, shape: tuple, nodes: tuple) -> np.nda
     return field / max(float(field.std()), 1e-6)
 
 
+def filled(mask: np.ndarray) -> np.ndarray:
+    """ndimage.binary_fill_holes(mask), several times faster: the background that no path
+    (6-connected) joins to the array's faces is a hole. One labelling instead of iterated dilations.
+    """
+    background, _ = ndimage.label(~mask)
+    faces = np.concatenate([np.take(background, end, axis).ravel()
+                            for axis in range(mask.ndim) for end in (0, -1)])
+    holes = (background > 0) & ~np.isin(background, faces)
+    return mask | holes
+
+
 def smooth_noise(rng: np.random.Generator, shape: tuple, coarse: int = 6) -> np.ndarray:
     """A smooth random field in about [-1, 1]: coarse Gaussian noise upsampled to `shape`."""
     small = rng.standard_normal([max(2, s // coarse) for s in shape]).astype(np.float32)
@@ -111,7 +122,7 @@ def vary_anatomy(rng: np.random.Generator, maps: dict) -> dict:
     for name, m in warped.items():
         out[name][box] = m
     tissue = out["gm"] + out["wm"] + out["csf"]
-    out["brain"] = ndimage.binary_fill_holes(tissue > 0.5).astype(np.float32)
+    out["brain"] = filled(tissue > 0.5).astype(np.float32)
     for name in ("gm", "wm", "csf"):
         out[name] *= out["brain"]
     return out

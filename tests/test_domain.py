@@ -102,6 +102,17 @@ def test_acquisition_steps_change_images_visibly():
     assert abs(field.std() - 1) < 1e-3 and np.abs(np.diff(field, axis=0)).max() < 0.3
 
 
+def test_filled_fills_the_holes_binary_fill_holes_fills():
+    rng = np.random.default_rng(0)
+    holes = 0
+    for density in np.linspace(0.3, 0.7, 9):
+        mask = ndimage.binary_dilation(rng.random((30, 31, 17)) < density)
+        expected = ndimage.binary_fill_holes(mask)
+        np.testing.assert_array_equal(domain.filled(mask), expected)
+        holes += int((expected & ~mask).sum())
+    assert holes > 20  # the masks had holes to fill, not only faces to keep
+
+
 def test_skull_stripping_is_imperfect_but_close(maps):
     differs = 0
     for seed in range(6):

@@ -19,6 +19,18 @@ def test_same_seed_same_case_and_seeds_differ():
     assert not np.array_equal(a.labels, c.labels)
 
 
+def test_the_templates_are_the_ones_nilearn_loads():
+    from nilearn import datasets
+
+    templates = synthetic.mni152_templates()
+    loaded = {"gm": datasets.load_mni152_gm_template(resolution=1),
+              "wm": datasets.load_mni152_wm_template(resolution=1),
+              "brain": datasets.load_mni152_brain_mask(resolution=1)}
+    for name, image in loaded.items():
+        np.testing.assert_array_equal(templates[name], image.get_fdata().astype(np.float32))
+    assert 1.2e6 < templates["brain"].sum() < 2.5e6  # a brain's 1.2-2.5 litres, at 1 mm
+
+
 def test_contrasts_follow_tissue_ordering():
     case = synthetic.make_case(SEED, 1)
     maps = synthetic.anatomy()
