@@ -133,13 +133,19 @@ def tumour_labels(rng: np.random.Generator, brain: np.ndarray, tissue: np.ndarra
     return labels, box
 
 
+@functools.lru_cache(maxsize=1)
+def tumour_centres() -> np.ndarray:
+    """Where a glioma may be centred, int64 (N, 3) voxel indices: gliomas sit in the hemispheres,
+    so deep white matter away from the poles."""
+    candidates = np.argwhere(ndimage.binary_erosion(anatomy()["wm"] > 0.8, iterations=6))
+    return candidates[(candidates[:, 2] > 50) & (np.abs(candidates[:, 1] - 120) < 45)]
+
+
 def place_tumours(rng: np.random.Generator, lgg: bool, multifocal: bool) -> np.ndarray:
     """A uint8 (240, 240, 155) BraTS label map with one or two tumours inside the brain."""
     tissue_maps = anatomy()
     brain, tissue = tissue_maps["brain"], tissue_maps["gm"] + tissue_maps["wm"]
-    # Gliomas sit in the hemispheres: draw centres from deep white matter, away from the poles.
-    candidates = np.argwhere(ndimage.binary_erosion(tissue_maps["wm"] > 0.8, iterations=6))
-    candidates = candidates[(candidates[:, 2] > 50) & (np.abs(candidates[:, 1] - 120) < 45)]
+    candidates = tumour_centres()
     labels = np.zeros(GRID, np.uint8)
     for number in range(2 if multifocal else 1):
         centre = candidates[rng.integers(len(candidates))].astype(np.float32)
